@@ -1,0 +1,61 @@
+"""Pretraining the tiny base model: next-token prediction on the world's dialogues of mixed quality.
+
+A real base model has read the internet, good and bad. Ours reads :meth:`TinyWorld.dialogues`: requests
+followed by replies of every quality the world can produce. It learns the *language* of the world and the
+*mix* of behaviours, so its samples vary in quality, which is what SFT, reward models and RL then work on.
+
+The loss is the usual causal-LM cross-entropy over every token (prompt and reply alike), ``-mean log p(x_t | x_<t)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForLanguageModeling
+
+from .loop import train
+from .models import build_tiny_model, build_tokenizer, count_parameters
+from .world import TinyWorld
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    """``<|bos|> text <|eos|>`` token ids per text, truncated to ``max_length``."""
+    enc = tokenizer([t + tokenizer.eos_token for t in texts], truncation=True, max_length=max_length)
+    return [{"input_ids": ids} for ids in enc["input_ids"]]
+
+
+def lm_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, seed: int) -> torch.utils.data.DataLoader:
+    """Shuffled, right-padded batches; labels are the inputs with padding set to -100 (ignored by the loss)."""
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    return torch.utils.data.DataLoader(tokenize_texts(tokenizer, texts, max_length), batch_size=batch_size,
+                                       shuffle=True, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def lm_step(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Causal-LM loss: transformers shifts the labels and averages the cross-entropy over non-padding tokens."""
+    return model(**batch).loss, {}
+
+
+def train_base_model(profile, out_dir: Path, progress: bool = True) -> list[dict]:
+    """World text -> tokenizer -> fresh tiny Llama -> pretraining -> ``save_pretrained(out_dir)``.
+
+    Writes the model, the tokenizer and ``history.json`` (the loss curve) into ``out_dir``; returns the history.
+    """
+    world = TinyWorld.from_profile(profile)
+    texts = world.dialogues(profile.pretrain_dialogues)
+    tokenizer = build_tokenizer(texts, profile.tokenizer_vocab_size)
+    model = build_tiny_model(tokenizer, profile)
+    batches = lm_batches(tokenizer, texts, profile.pretrain_batch_size, profile.max_length, profile.seed)
+    history = train(model, batches, lm_step, steps=profile.pretrain_steps, lr=profile.pretrain_lr,
+                    warmup_steps=profile.pretrain_warmup_steps, weight_decay=profile.weight_decay,
+                    max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
+                    desc="pretrain base", progress=progress)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = {"parameters": count_parameters(model), "dialogues": len(texts), "history": history}
+    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    return history

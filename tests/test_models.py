@@ -1,0 +1,72 @@
+"""Tokenizer and tiny model: round trips, special tokens, chat template, save/load through the Auto classes."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rrhf_lite.models import build_tiny_model, build_tokenizer, load_pretrained
+from rrhf_lite.profiles import get_profile
+from rrhf_lite.world import TinyWorld, format_prompt
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(TinyWorld(seed=0).dialogues(3000), vocab_size=1024)
+
+
+@pytest.mark.parametrize("text", [
+    "\n\nHuman: How do I bake bread?\n\nAssistant: Knead the dough for ten minutes.",
+    "Text the world never wrote: Zürich, naïve café, 3.14159 — and emoji 🤖!",
+    "  leading and trailing spaces  ",
+])
+def test_round_trip(tokenizer, text):
+    ids = tokenizer(text)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_special_tokens_are_distinct(tokenizer):
+    ids = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    assert len(ids) == 3 and None not in ids
+
+
+def test_world_words_are_single_tokens(tokenizer):
+    # BPE trained on the world's text learns its words whole, so replies are short in tokens.
+    assert len(tokenizer(" Knead the dough for ten minutes.", add_special_tokens=False)["input_ids"]) == 7
+
+
+def test_chat_template_renders_the_hh_format(tokenizer):
+    messages = [{"role": "user", "content": "How do I bake bread?"},
+                {"role": "assistant", "content": "Bake it in a hot oven."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text == "<|bos|>" + format_prompt("How do I bake bread?") + " Bake it in a hot oven.<|eos|>"
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|bos|>" + format_prompt("How do I bake bread?")
+
+
+def test_saved_and_reloaded_model_gives_identical_logits(tokenizer, tmp_path):
+    profile = get_profile("tiny", n_layer=1, hidden_size=64, intermediate_size=128, n_head=2)
+    model = build_tiny_model(tokenizer, profile).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded, tok2 = load_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).is_fast
+    assert isinstance(reloaded, type(AutoModelForCausalLM.from_config(model.config)))
+    batch = tok2(["\n\nHuman: How do I brew tea?\n\nAssistant:", "\n\nHuman: Hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+    assert tok2.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_widths_must_be_multiples_of_64(tokenizer):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        build_tiny_model(tokenizer, get_profile("tiny", hidden_size=100))
+
+
+def test_tokenizer_without_pad_token_is_refused(tokenizer, tmp_path):
+    model = build_tiny_model(tokenizer, get_profile("tiny", n_layer=1, hidden_size=64, intermediate_size=64, n_head=1))
+    model.save_pretrained(tmp_path)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no pad token"):
+        load_pretrained(tmp_path)

@@ -1,0 +1,51 @@
+"""Profiles: selection by environment variable, overrides, and a comment on every hyperparameter."""
+
+import ast
+import dataclasses
+import inspect
+
+import pytest
+
+from rrhf_lite import profiles
+from rrhf_lite.profiles import PROFILES, get_profile
+
+
+def test_default_is_tiny_and_env_var_selects(monkeypatch):
+    monkeypatch.delenv("RRHF_LITE_PROFILE", raising=False)
+    assert get_profile().name == "tiny"
+    monkeypatch.setenv("RRHF_LITE_PROFILE", "colab-t4")
+    p = get_profile()
+    assert p.name == "colab-t4" and p.load_in_4bit and p.compute_dtype == "float16"
+    assert p.dataset == "Anthropic/hh-rlhf" and p.base_model
+
+
+def test_overrides_and_errors():
+    assert get_profile("tiny", seed=7, pretrain_steps=5).pretrain_steps == 5
+    with pytest.raises(TypeError, match="no field"):
+        get_profile("tiny", not_a_field=1)
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("a100-cluster")
+
+
+def test_widths_are_multiples_of_64():
+    for cls in PROFILES.values():
+        p = cls()
+        assert p.hidden_size % 64 == 0 and p.intermediate_size % 64 == 0
+
+
+def test_fingerprint_depends_only_on_named_fields():
+    a, b = get_profile("tiny"), get_profile("tiny", pretrain_lr=1e-4)
+    assert a.fingerprint(["seed", "n_layer"]) == b.fingerprint(["n_layer", "seed"])
+    assert a.fingerprint(["pretrain_lr"]) != b.fingerprint(["pretrain_lr"])
+
+
+def test_every_field_has_a_one_line_comment():
+    source = inspect.getsource(profiles)
+    lines = source.splitlines()
+    for cls in PROFILES.values():
+        node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign):
+                line = lines[stmt.lineno - 1]
+                assert "  # " in line, f"{cls.__name__}.{stmt.target.id} has no comment: {line.strip()}"
+    assert {f.name for f in dataclasses.fields(profiles.Profile)} >= {"seed", "lora_r", "max_length"}
