@@ -10,6 +10,10 @@ The tiny profile needs a model without a download, so this module builds one the
    which bitsandbytes' 4-bit CPU kernels require.
 3. Both are saved with ``save_pretrained`` and read back with ``AutoTokenizer`` / ``AutoModelForCausalLM``
    (:func:`load_pretrained`): the code path a hub model such as ``Qwen/Qwen2.5-0.5B`` takes.
+
+For training, :func:`load_for_training` is the one loader for every profile: the base (or SFT) model, frozen, in
+4-bit NF4 when the profile says ``load_in_4bit`` (QLoRA: Dettmers et al. 2023), with fresh or saved LoRA adapters
+(Hu et al. 2021) on top, and either its language-model head or a scalar reward head.
 """
 
 from __future__ import annotations
@@ -18,8 +22,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
@@ -77,14 +90,120 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, profile) -> LlamaForCau
     return LlamaForCausalLM(config)
 
 
+def load_tokenizer(path: str | Path, add_pad: bool = False) -> PreTrainedTokenizerFast:
+    """Load a tokenizer and check it has a padding token distinct from end-of-sequence.
+
+    Many hub tokenizers have no pad token, or reuse eos as pad (Qwen2.5 does). Then "the reply ended" and "this
+    is padding" look the same, and a reward model or PPO reads the wrong position. With ``add_pad=True`` a
+    ``<|pad|>`` token is added (the model's embedding matrix must have room for it, see :func:`_fit_embeddings`);
+    otherwise it is an error.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if not add_pad:
+            problem = "no pad token" if tokenizer.pad_token is None else "a pad token equal to its eos token"
+            raise ValueError(f"the tokenizer at {path} has {problem}; set a distinct one "
+                             f"(tokenizer.add_special_tokens({{'pad_token': '<|pad|>'}})) or pass add_pad=True")
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    return tokenizer
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a saved (or hub) causal LM and its tokenizer with the Auto classes. Returns ``(model, tokenizer)``."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        raise ValueError(f"the tokenizer at {path} has no pad token; set one distinct from eos "
-                         f"(e.g. tokenizer.add_special_tokens({{'pad_token': '<|pad|>'}})) before training")
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer
+
+
+def quantization_config(profile) -> BitsAndBytesConfig | None:
+    """4-bit NF4 with double quantisation (the QLoRA recipe) when the profile asks for it, else None."""
+    if not profile.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, profile.compute_dtype))
+
+
+def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
+    """Work around a bitsandbytes CPU bug; returns the number of 4-bit layers touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights in place the first time a layer runs in
+    inference mode (eval or generate). After that, gradients through those frozen layers silently become zero,
+    so LoRA adapters below them stop learning. Turning the repacking off costs a little inference speed on such
+    CPUs and nothing elsewhere.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def _fit_embeddings(model, tokenizer) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        if getattr(model, "is_loaded_in_4bit", False):
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the 4-bit model only {rows} embeddings; "
+                             f"give the tokenizer a pad token from its existing vocabulary")
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def lora_config(profile, task_type: str) -> LoraConfig:
+    """LoRA on every linear layer named in the profile; ``task_type`` is "CAUSAL_LM" or "SEQ_CLS"."""
+    return LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
+                      target_modules=list(profile.lora_target_modules), task_type=task_type)
+
+
+def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: str | Path | None = None,
+                      trainable: bool = True):
+    """Load ``path`` for training with LoRA (QLoRA on 4-bit profiles). Returns ``(model, tokenizer)``.
+
+    Args:
+        path: a saved model folder or a hub id (the base, or an SFT model with its adapter merged in).
+        head: ``"lm"`` for a causal LM (SFT, DPO, RRHF, PRO, the PPO policy) or ``"reward"`` for a scalar reward
+            head on the last non-padding token (``AutoModelForSequenceClassification`` with one label).
+        adapter: a folder saved by ``model.save_pretrained`` to continue from, or None for fresh adapters.
+        trainable: False loads the adapter frozen (for scoring only).
+
+    Only the LoRA matrices (and a reward head) receive gradients; the base stays frozen, which is what lets the
+    frozen base double as the reference model (adapters disabled) in DPO and PPO.
+    """
+    dtype = getattr(torch, profile.compute_dtype)
+    tokenizer = load_tokenizer(path, add_pad=profile.base_model is not None)
+    cls = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
+    extra = {"num_labels": 1} if head == "reward" else {}
+    if head not in ("lm", "reward"):
+        raise ValueError(f"head must be 'lm' or 'reward', got {head!r}")
+    model = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization_config(profile), **extra)
+    _fit_embeddings(model, tokenizer)
+    if profile.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing)
+        if model.device.type == "cpu":
+            disable_cpu_4bit_repacking(model)
+    elif profile.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    else:
+        model = get_peft_model(model, lora_config(profile, "CAUSAL_LM" if head == "lm" else "SEQ_CLS"))
+    return model, tokenizer
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Fold a LoRA adapter into full-precision base weights and save the result as a plain model.
+
+    The SFT stage does this so that every later method starts from "the SFT model" as its base: a fresh adapter on
+    top, and the SFT model itself (adapters disabled) as the reference. On 4-bit profiles the merge happens in
+    16/32-bit, and later stages quantise the merged model again when they load it.
+    """
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    _fit_embeddings(model, tokenizer)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

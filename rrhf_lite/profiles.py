@@ -26,6 +26,8 @@ from pathlib import Path
 
 PROFILE_ENV_VAR = "RRHF_LITE_PROFILE"
 RUNS_ENV_VAR = "RRHF_LITE_RUNS"
+# Every linear layer of a Llama-style block (Llama, Qwen, Mistral and our tiny model share these names).
+LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def default_runs_dir() -> Path:
@@ -67,7 +69,7 @@ class Profile:
     lora_r: int = 16  # rank of the LoRA update matrices
     lora_alpha: int = 32  # LoRA scaling numerator (the update is scaled by alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA input; 0 keeps runs deterministic
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-style layer names that get adapters
+    lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS  # layers that get adapters (Llama/Qwen names)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory (GPU profiles)
 
     # --- pretraining the tiny base model (notebook 00) ----------------------------------------------
@@ -78,6 +80,28 @@ class Profile:
     weight_decay: float = 0.01  # AdamW weight decay for all training stages
     max_grad_norm: float = 1.0  # gradient clipping threshold for all training stages
     log_every: int = 10  # record metrics (and update the progress bar) every this many steps
+
+    # --- SFT (notebook 01) ---------------------------------------------------------------------------
+    sft_examples: int = 2_000  # demonstrations: the world's (tiny) or HH-RLHF chosen replies (real profiles)
+    sft_expert_fraction: float = 0.3  # tiny world: share of demonstrations that are expert replies (rest: decent)
+    sft_steps: int = 150  # optimiser steps of supervised fine-tuning
+    sft_batch_size: int = 16  # demonstrations per step
+    sft_lr: float = 2e-3  # peak learning rate for the LoRA adapters (LoRA tolerates ~10x a full fine-tune's rate)
+    sft_warmup_steps: int = 15  # linear warm-up steps
+
+    # --- reward model (notebook 02) ------------------------------------------------------------------
+    rm_pairs: int = 4_000  # labelled comparisons (prompt/chosen/rejected) to train on
+    rm_eval_pairs: int = 1_000  # held-out comparisons on test prompts for accuracy and calibration
+    rm_steps: int = 250  # optimiser steps
+    rm_batch_size: int = 16  # comparisons per step (two sequences each)
+    rm_lr: float = 2e-3  # peak learning rate (LoRA adapters + the fresh scalar head)
+    rm_warmup_steps: int = 25  # linear warm-up steps
+    rm_center_coef: float = 0.01  # weight of the (r_c + r_r)^2 term that keeps rewards centred near 0
+
+    # --- evaluation ---------------------------------------------------------------------------------
+    eval_prompts: int = 200  # held-out prompts on which samples are drawn and judged
+    max_new_tokens: int = 64  # longest sampled reply in tokens
+    sample_temperature: float = 1.0  # sampling temperature for evaluation samples
 
     # --- where outputs go ---------------------------------------------------------------------------
     runs_dir: str = ""  # root of the stage cache; "" = default_runs_dir() ($RRHF_LITE_RUNS or <repo>/runs)
@@ -108,19 +132,31 @@ class ColabT4Profile(Profile):
     load_in_4bit: bool = True  # QLoRA: NF4 4-bit base, LoRA adapters in fp32
     compute_dtype: str = "float16"  # a T4 has no native bf16 (torch reports emulated support; do not use it)
     gradient_checkpointing: bool = True  # trade compute for memory so PPO fits in 16 GB
+    sft_examples: int = 20_000  # HH-RLHF chosen replies used as demonstrations
+    sft_steps: int = 1_000  # optimiser steps of supervised fine-tuning
+    sft_batch_size: int = 8  # demonstrations per step
+    sft_lr: float = 2e-4  # the QLoRA paper's rate for adapters on a pretrained model
+    sft_warmup_steps: int = 50  # linear warm-up steps
+    rm_pairs: int = 40_000  # HH-RLHF comparisons to train the reward model on
+    rm_eval_pairs: int = 2_000  # held-out HH-RLHF test comparisons
+    rm_steps: int = 2_000  # optimiser steps (about 0.8 epoch at batch 16)
+    rm_batch_size: int = 16  # comparisons per step (two sequences each)
+    rm_lr: float = 1e-4  # adapters + scalar head
+    rm_warmup_steps: int = 100  # linear warm-up steps
+    eval_prompts: int = 100  # held-out HH-RLHF prompts to sample on
+    max_new_tokens: int = 128  # HH replies are longer than the tiny world's
+    log_every: int = 20  # record metrics every this many steps
 
 
 @dataclass(frozen=True)
-class GPU24GBProfile(Profile):
-    """A 24 GB consumer GPU (RTX 3090/4090 class): a 1.5B base model in 4-bit with LoRA, bf16 compute."""
+class GPU24GBProfile(ColabT4Profile):
+    """A 24 GB consumer GPU (RTX 3090/4090 class): the T4 recipe with a 1.5B base model and bf16 compute."""
 
     name: str = "gpu-24gb"  # folder name under runs/
-    dataset: str = "Anthropic/hh-rlhf"  # Bai et al. 2022 helpful + harmless comparisons
     base_model: str | None = "Qwen/Qwen2.5-1.5B"  # larger base model; hidden size 1536 is a multiple of 64
     max_length: int = 768  # more room for long multi-turn HH dialogues
-    load_in_4bit: bool = True  # QLoRA: NF4 4-bit base, LoRA adapters in fp32
     compute_dtype: str = "bfloat16"  # Ampere and newer have native bf16
-    gradient_checkpointing: bool = True  # keeps PPO's policy + value + reference well under 24 GB
+    sft_batch_size: int = 16  # demonstrations per step: twice the T4's
 
 
 PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile}

@@ -396,12 +396,27 @@ class TinyWorld:
         rng = self._rng("dialogues", split)
         return [p + sample_response(p, rng) for p in self.sample_prompts(n, split, rng)]
 
-    def sft_dataset(self, n: int, split: str = "train"):
-        """Demonstrations: ``prompt/completion``, the completion being the expert reply."""
+    def sft_dataset(self, n: int, split: str = "train", expert_fraction: float = 0.3):
+        """Demonstrations, ``prompt/completion``, as uneven as real ones (+ ``gold`` for analysis).
+
+        A share ``expert_fraction`` of them is the expert reply; the rest is the labeller's favourite of four
+        sampled replies: usually decent, rarely perfect, like contractors' demonstrations or HH-RLHF's "chosen"
+        replies (which the real profiles use). SFT on them leaves room for the preference methods to improve.
+        """
         import datasets
 
-        prompts = self.sample_prompts(n, split, self._rng("sft", split))
-        return datasets.Dataset.from_dict({"prompt": prompts, "completion": [expert_response(p) for p in prompts]})
+        rng = self._rng("sft", split)
+        prompts = self.sample_prompts(n, split, rng)
+        completions = []
+        for p in prompts:
+            if rng.random() < expert_fraction:
+                completions.append(expert_response(p))
+            else:
+                replies, golds = self._distinct_replies(p, 4, rng)
+                perceived = perceived_scores(golds, self.label_temperature, rng)
+                completions.append(replies[max(range(4), key=perceived.__getitem__)])
+        golds = [gold_score(p, c) for p, c in zip(prompts, completions)]
+        return datasets.Dataset.from_dict({"prompt": prompts, "completion": completions, "gold": golds})
 
     def _distinct_replies(self, prompt: str, k: int, rng: random.Random) -> tuple[list[str], list[float]]:
         # Draw k replies with distinct gold scores (ties carry no preference); give up on distinctness after

@@ -1,0 +1,38 @@
+# rrhf-lite: two commands on a fresh machine.
+#   make main   installs into .venv, then runs every lesson notebook on the tiny profile
+#               (executed copies in runs/tiny/notebooks/, figures in runs/tiny/figures/)
+#   make test   installs into .venv if needed, then runs the unit tests and executes every notebook
+#
+# torch is installed first, pinned (TORCH=...), so that pip never swaps it for another build.
+# torch==2.13.0 is a CPU build on the project's CI machines; on your own machine pass the build you want,
+# e.g. `make main TORCH=torch` to keep whatever pip picks for your platform.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PROFILE ?= tiny
+PY := $(VENV)/bin/python
+
+.PHONY: install main test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+main: install
+	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute \
+	  --ExecutePreprocessor.timeout=1800 --output-dir runs/$(PROFILE)/notebooks notebooks/*.ipynb
+	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/"
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --nbmake --nbmake-timeout=600 tests notebooks
+
+lint: install
+	$(PY) -m ruff check rrhf_lite tests
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

@@ -1,0 +1,102 @@
+"""Log-probabilities of a *response* given its prompt: the quantity every alignment loss is built from.
+
+For a prompt ``x`` and a response ``y = (y_1 .. y_T)`` a causal LM gives
+
+    log pi(y | x) = sum_t log pi(y_t | x, y_<t)
+
+Only response tokens count: the prompt is given, not generated, and padding is not text. This module
+
+* tokenises (prompt, response) pairs into ``input_ids`` plus a ``response_mask`` that is 1 exactly on the response
+  tokens and the closing ``<|eos|>`` (ending the reply is part of the reply);
+* pads a batch on either side (:func:`pad_batch`);
+* runs one forward pass and returns, per token, the log-prob of the token that is actually there, and per sequence
+  the sum and the number of response tokens (:func:`sequence_logprobs`).
+
+Position ids are computed from the attention mask, so a left-padded sequence gets exactly the same log-probs as the
+same sequence unpadded: test ``tests/test_logprobs.py`` checks this against a one-example-at-a-time loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def tokenize_pair(tokenizer, prompt: str, response: str, max_length: int, add_eos: bool = True) -> dict:
+    """Token ids of ``prompt + response (+ eos)`` and a mask marking the response tokens.
+
+    Prompt and response are tokenised separately, so the boundary is exact. If the pair is longer than
+    ``max_length``, the *prompt* is cut from the left (keeping the turns nearest the reply) and then, if still too
+    long, the response is cut from the right. ``truncated`` tells whether anything was cut.
+    """
+    prompt_ids = tokenizer(prompt)["input_ids"]  # starts with <bos> when the tokenizer adds one
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    truncated = len(prompt_ids) + len(response_ids) > max_length
+    if truncated:
+        bos = prompt_ids[:1] if prompt_ids[:1] == [tokenizer.bos_token_id] else []
+        room = max(0, max_length - len(bos) - len(response_ids))  # prompt tokens that still fit after the reply
+        prompt_ids = bos + (prompt_ids[len(prompt_ids) - room:] if room else [])
+        response_ids = response_ids[: max_length - len(prompt_ids)]
+    return {"input_ids": prompt_ids + response_ids,
+            "response_mask": [0] * len(prompt_ids) + [1] * len(response_ids),
+            "truncated": truncated}
+
+
+def pad_batch(rows: list[dict], pad_token_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Stack tokenised rows into ``input_ids``, ``attention_mask`` and ``response_mask`` tensors."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": [], "attention_mask": [], "response_mask": []}
+    for r in rows:
+        n = width - len(r["input_ids"])
+        columns = (("input_ids", r["input_ids"], pad_token_id), ("attention_mask", [1] * len(r["input_ids"]), 0),
+                   ("response_mask", r["response_mask"], 0))
+        for key, value, fill in columns:
+            out[key].append(value + [fill] * n if side == "right" else [fill] * n + value)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... counted over real tokens only, so left padding does not shift positions."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class SequenceLogprobs:
+    """Per-token log-probs of the response (0 elsewhere), their sum and count per sequence, and the logits."""
+
+    token_logps: torch.Tensor  # [batch, seq_len - 1]: log pi(token t+1 | tokens <= t), masked to the response
+    mask: torch.Tensor  # [batch, seq_len - 1]: 1 where token t+1 is a response token
+    sum: torch.Tensor  # [batch]: log pi(y | x)
+    count: torch.Tensor  # [batch]: |y|, response tokens including eos
+    logits: torch.Tensor  # [batch, seq_len - 1, vocab]: the logits that predicted each token
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Length-normalised log-prob, ``sum / count`` (RRHF's and PRO's score)."""
+        return self.sum / self.count.clamp(min=1)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[label]`` for every position, without materialising the whole log-softmax twice."""
+    return -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+
+
+def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> SequenceLogprobs:
+    """One forward pass; log-probs of the response tokens of every sequence in ``batch``.
+
+    ``batch`` needs ``input_ids``, ``attention_mask`` and ``response_mask`` (as built by :func:`pad_batch`).
+    ``temperature`` divides the logits first (PPO scores samples with the temperature they were drawn at).
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=position_ids_from_mask(batch["attention_mask"])).logits
+    logits = logits[:, :-1].float() / temperature  # position t predicts token t + 1
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["response_mask"][:, 1:].to(logits.dtype)
+    logps = token_logprobs(logits, labels) * mask
+    return SequenceLogprobs(token_logps=logps, mask=mask, sum=logps.sum(-1), count=mask.sum(-1), logits=logits)

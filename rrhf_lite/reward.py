@@ -1,0 +1,125 @@
+"""The reward model: a scalar score for (prompt, reply), learned from pairwise preferences.
+
+The model is the SFT model with a linear head that reads the hidden state of the last real token (the
+``<|eos|>`` that closes the reply) and outputs one number, ``r(x, y)``: ``AutoModelForSequenceClassification``
+with one label does exactly this. It is trained with the Bradley-Terry loss
+(:func:`rrhf_lite.losses.reward_loss`): make ``r(x, y_chosen)`` exceed ``r(x, y_rejected)``.
+
+Three things to know about a reward model before optimising against it:
+
+* **accuracy** on held-out comparisons, next to the ceiling label noise allows (:func:`rrhf_lite.world.label_ceiling`);
+* **calibration**: when it says ``P(a > b) = sigmoid(r_a - r_b) = 0.8``, is ``a`` preferred 80% of the time?
+  (Bai et al. 2022 found preference models well calibrated; see :func:`rrhf_lite.evaluate.calibration`);
+* **scale**: rewards are shifted and scaled to mean 0 and standard deviation 1 on the policy's own samples
+  before RL (Huang et al., "N implementation details"), so that KL penalties mean the same thing across runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from .logprobs import tokenize_pair
+from .loop import train
+from .losses import reward_loss
+from .models import count_parameters, load_for_training
+
+
+def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
+    """``prompt/chosen/rejected`` rows -> token ids of ``prompt + reply + <eos>`` for both replies."""
+    return [{"chosen": tokenize_pair(tokenizer, r["prompt"], r["chosen"], max_length)["input_ids"],
+             "rejected": tokenize_pair(tokenizer, r["prompt"], r["rejected"], max_length)["input_ids"]}
+            for r in dataset]
+
+
+def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token lists into ``input_ids`` and ``attention_mask``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def collate_comparisons(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """All chosen replies, then all rejected ones, in one batch: one forward pass scores both."""
+    return pad_sequences([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_token_id)
+
+
+def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``r(x, y)`` for every sequence of a right-padded batch: the head's output at the last non-padding token."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+
+
+def reward_step(model, batch: dict, center_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Bradley-Terry loss on a batch from :func:`collate_comparisons`, with accuracy and margin as metrics."""
+    chosen, rejected = rewards(model, batch).chunk(2)
+    loss = reward_loss(chosen, rejected, center_coef=center_coef)
+    return loss, {"accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean()}
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: list[str], replies: list[str], max_length: int,
+          batch_size: int = 64) -> torch.Tensor:
+    """Reward of each (prompt, reply), in batches, without gradients."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        seqs = [tokenize_pair(tokenizer, p, r, max_length)["input_ids"]
+                for p, r in zip(prompts[start:start + batch_size], replies[start:start + batch_size])]
+        batch = {k: v.to(model.device) for k, v in pad_sequences(seqs, tokenizer.pad_token_id).items()}
+        out.append(rewards(model, batch).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and the rejected reply of every comparison in ``pairs``."""
+    chosen = score(model, tokenizer, pairs["prompt"], pairs["chosen"], max_length)
+    rejected = score(model, tokenizer, pairs["prompt"], pairs["rejected"], max_length)
+    return chosen, rejected
+
+
+def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Path,
+                       checkpoint_dir: Path | None = None, progress: bool = True) -> list[dict]:
+    """Train a LoRA reward model from ``init_path`` (the SFT model) and save its adapter and head in ``out_dir``.
+
+    Held-out accuracy is evaluated during training; ``out_dir/history.json`` keeps the curves.
+    """
+    out_dir = Path(out_dir)
+    model, tokenizer = load_for_training(init_path, profile, head="reward")
+    rows = tokenize_comparisons(tokenizer, train_pairs, profile.max_length)
+    batches = torch.utils.data.DataLoader(
+        rows, batch_size=profile.rm_batch_size, shuffle=True, generator=torch.Generator().manual_seed(profile.seed),
+        collate_fn=functools.partial(collate_comparisons, pad_token_id=tokenizer.pad_token_id))
+
+    def held_out_accuracy(m) -> dict:
+        chosen, rejected = score_pairs(m, tokenizer, eval_pairs, profile.max_length)
+        return {"accuracy": (chosen > rejected).float().mean().item()}
+
+    history = train(model, batches, functools.partial(reward_step, center_coef=profile.rm_center_coef),
+                    steps=profile.rm_steps, lr=profile.rm_lr, warmup_steps=profile.rm_warmup_steps,
+                    weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
+                    log_every=profile.log_every, eval_fn=held_out_accuracy, eval_every=5 * profile.log_every,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every, seed=profile.seed,
+                    desc="reward model", progress=progress)
+    model.save_pretrained(out_dir / "adapter")
+    tokenizer.save_pretrained(out_dir / "adapter")
+    summary = {"trainable_parameters": count_parameters(model, trainable_only=True),
+               "parameters": count_parameters(model), "history": history}
+    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    return history
+
+
+def load_reward_model(init_path, adapter_dir, profile):
+    """The trained reward model, frozen, for scoring. Returns ``(model, tokenizer)``."""
+    model, tokenizer = load_for_training(init_path, profile, head="reward", adapter=adapter_dir, trainable=False)
+    return model.eval(), tokenizer
+
+
+def normalisation(rewards_on_policy_samples: torch.Tensor) -> dict[str, float]:
+    """Mean and standard deviation of rewards on the policy's samples: ``(r - mean) / std`` has mean 0, std 1."""
+    return {"mean": rewards_on_policy_samples.mean().item(), "std": rewards_on_policy_samples.std().item()}

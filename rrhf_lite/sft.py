@@ -1,0 +1,61 @@
+"""Supervised fine-tuning (SFT): imitate demonstrations, counting only the reply's tokens.
+
+Every alignment method in this package starts from the SFT model (InstructGPT's recipe, Ouyang et al. 2022): a
+base model fine-tuned on good replies, here with LoRA adapters that are merged back into the weights afterwards.
+The loss is :func:`rrhf_lite.losses.sft_loss`, the mean negative log-likelihood of the response tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from .loop import train
+from .losses import sft_loss
+from .models import count_parameters, load_for_training, merge_adapter
+
+
+def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
+    """``prompt/completion`` rows -> token ids with a response mask (see :func:`tokenize_pair`)."""
+    return [tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length) for row in dataset]
+
+
+def demonstration_batches(tokenizer, dataset, batch_size: int, max_length: int, seed: int):
+    rows = tokenize_demonstrations(tokenizer, dataset, max_length)
+    return torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True,
+                                       collate_fn=functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id),
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def sft_step(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """One SFT step: log-probs of the response tokens, then their mean negative log-likelihood."""
+    lp = sequence_logprobs(model, batch)
+    return sft_loss(lp.token_logps, lp.mask), {"response_tokens": lp.count.mean()}
+
+
+def train_sft(profile, base_path, dataset, out_dir: Path, checkpoint_dir: Path | None = None,
+              progress: bool = True) -> list[dict]:
+    """LoRA-fine-tune ``base_path`` on ``dataset`` (``prompt/completion``) and save the merged SFT model.
+
+    Writes ``out_dir/adapter`` (the LoRA weights), ``out_dir/model`` (base + adapter merged: what later stages load)
+    and ``out_dir/history.json``. With ``checkpoint_dir``, an interrupted run resumes from its last checkpoint.
+    """
+    out_dir = Path(out_dir)
+    model, tokenizer = load_for_training(base_path, profile, head="lm")
+    batches = demonstration_batches(tokenizer, dataset, profile.sft_batch_size, profile.max_length, profile.seed)
+    history = train(model, batches, sft_step, steps=profile.sft_steps, lr=profile.sft_lr,
+                    warmup_steps=profile.sft_warmup_steps, weight_decay=profile.weight_decay,
+                    max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every,
+                    desc="SFT", progress=progress)
+    model.save_pretrained(out_dir / "adapter")
+    tokenizer.save_pretrained(out_dir / "adapter")
+    merge_adapter(base_path, out_dir / "adapter", out_dir / "model", dtype=profile.compute_dtype)
+    summary = {"trainable_parameters": count_parameters(model, trainable_only=True),
+               "parameters": count_parameters(model), "history": history}
+    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    return history
