@@ -28,8 +28,10 @@ main: install
 	  --ExecutePreprocessor.timeout=1800 --output-dir runs/$(PROFILE)/notebooks notebooks/*.ipynb
 	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/"
 
+# Two pytest workers with one torch thread each: on a 2-core machine that is faster than two workers fighting
+# over two threads each (OpenMP oversubscription slows tiny models down several-fold).
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --nbmake --nbmake-timeout=600 tests notebooks
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --nbmake --nbmake-timeout=600 --durations=15 tests notebooks
 
 lint: install
 	$(PY) -m ruff check rrhf_lite tests

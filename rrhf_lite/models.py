@@ -108,10 +108,20 @@ def load_tokenizer(path: str | Path, add_pad: bool = False) -> PreTrainedTokeniz
     return tokenizer
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a saved (or hub) causal LM and its tokenizer with the Auto classes. Returns ``(model, tokenizer)``."""
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU: where every model of a run is placed."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32, add_pad: bool = False):
+    """Load a saved (or hub) causal LM and its tokenizer with the Auto classes. Returns ``(model, tokenizer)``.
+
+    ``add_pad=True`` gives a hub tokenizer without a distinct pad token one (see :func:`load_tokenizer`).
+    """
+    tokenizer = load_tokenizer(path, add_pad=add_pad)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(default_device())
+    _fit_embeddings(model, tokenizer)
     return model, tokenizer
 
 
@@ -169,13 +179,17 @@ def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: s
     Only the LoRA matrices (and a reward head) receive gradients; the base stays frozen, which is what lets the
     frozen base double as the reference model (adapters disabled) in DPO and PPO.
     """
+    if head not in ("lm", "reward"):
+        raise ValueError(f"head must be 'lm' or 'reward', got {head!r}")
     dtype = getattr(torch, profile.compute_dtype)
     tokenizer = load_tokenizer(path, add_pad=profile.base_model is not None)
     cls = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
     extra = {"num_labels": 1} if head == "reward" else {}
-    if head not in ("lm", "reward"):
-        raise ValueError(f"head must be 'lm' or 'reward', got {head!r}")
-    model = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization_config(profile), **extra)
+    quantization = quantization_config(profile)
+    placement = {"device_map": {"": default_device().index or 0}} if quantization and torch.cuda.is_available() else {}
+    model = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization, **placement, **extra)
+    if not quantization:
+        model.to(default_device())
     _fit_embeddings(model, tokenizer)
     if profile.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing)

@@ -82,3 +82,16 @@ def plot_label_noise(gold_chosen: list[float], gold_rejected: list[float], tempe
     ax.set_ylim(0.4, 1.02)
     ax.legend(loc="lower right")
     return ax
+
+
+def plot_calibration(cal, ax=None, title: str = "Reward-model calibration"):
+    """Reliability diagram: observed frequency against predicted ``P(a > b)``; the diagonal is perfect."""
+    ax = _axes(ax)
+    ax.plot([0, 1], [0, 1], "k--", label="perfectly calibrated")
+    ax.scatter(cal.predicted, cal.observed, s=[max(10, 300 * n / max(cal.counts)) for n in cal.counts],
+               label=f"reward model (ECE {cal.ece:.3f})")
+    ax.set_xlabel("predicted P(a preferred to b)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    return ax

@@ -123,3 +123,8 @@ def load_reward_model(init_path, adapter_dir, profile):
 def normalisation(rewards_on_policy_samples: torch.Tensor) -> dict[str, float]:
     """Mean and standard deviation of rewards on the policy's samples: ``(r - mean) / std`` has mean 0, std 1."""
     return {"mean": rewards_on_policy_samples.mean().item(), "std": rewards_on_policy_samples.std().item()}
+
+
+def normalise(rewards_: torch.Tensor, stats: dict[str, float]) -> torch.Tensor:
+    """Shift and scale rewards with the statistics from :func:`normalisation`."""
+    return (rewards_ - stats["mean"]) / stats["std"]

@@ -1,22 +1,31 @@
-"""The stage cache: build a stage once, load it from then on, safely across processes.
+"""The stage cache: build each lesson's output once, load it from then on, safely across processes.
 
-Each lesson produces something the next ones need (the base model, the SFT model, the reward model, samples...).
-It is cached on disk as a *stage*::
+Each notebook produces something later notebooks need (the base model, the SFT model, the reward model...).
+That output is a *stage*, cached on disk so that any notebook can be opened on its own: it loads the earlier
+stages it needs if they are cached and builds them otherwise. On disk::
 
-    runs/<profile>/<stage>/<key>/        the stage's files, written by its build function
-    runs/<profile>/<stage>/<key>/stage.json   written last: its presence means "complete"
-    runs/<profile>/<stage>/<key>.lock    held while the stage is checked or built
+    runs/<profile>/<stage>/<key>/            the stage's files, written by its build function
+    runs/<profile>/<stage>/<key>/stage.json  written last: its presence is what "complete" means
+    runs/<profile>/<stage>/<key>.lock        locked while the stage is checked or built
+    runs/<profile>/<stage>/.<key>.tmp-*      a build in progress (or left behind by one that crashed)
 
-``key`` is a short hash of the profile fields the stage depends on and of the upstream stages it was built from,
-so changing a hyperparameter builds a new entry instead of reusing a stale one.
+``key`` is a short hash of the profile fields the stage depends on and of the upstream stage folders it was built
+from (each of which ends in its own key). Change a listed hyperparameter, or anything upstream, and the stage gets
+a new key, so a stale result is never reused; change a field the stage does not list, and the cache is reused.
 
 Guarantees:
 
-* **Build once.** Two processes asking for the same stage at once (the test suite runs notebooks in parallel):
-  one builds, the other waits on the lock and then loads.
-* **Never half-written.** A stage is built in a temporary folder beside its final place and moved there with one
-  atomic rename after ``stage.json`` is written. A crash leaves only a temporary folder, removed by the next build;
-  a folder without ``stage.json`` is never loaded.
+* **Built once.** Two processes asking for the same stage at once (the test suite runs notebooks in parallel)
+  take turns on the lock file: one builds, the other waits and then loads the finished stage. The lock is an OS
+  lock (``flock``), so the kernel releases it when its process dies, even by ``kill -9``.
+* **Never half-written.** A stage is built in a temporary folder beside its final place; ``stage.json`` is written
+  last and the folder is then moved into place with one atomic rename. A crash leaves only a temporary folder,
+  removed by the next build. A folder without ``stage.json`` is never loaded: it is deleted and rebuilt.
+
+Example::
+
+    base = build_or_load("base", profile, ["seed", "pretrain_steps"], lambda out: train_base(out))
+    sft = build_or_load("sft", profile, ["seed", "sft_steps"], lambda out: train_sft(base, out), depends_on=[base])
 """
 
 from __future__ import annotations
@@ -25,92 +34,137 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from .profiles import Profile
 
 STAGE_FILE = "stage.json"
+RECORDED_LIBRARIES = ("torch", "transformers", "peft")
 
 
-def stage_path(stage: str, profile, fields: Sequence[str], depends_on: Sequence[Path | str] = ()) -> Path:
-    """Where ``stage`` lives for this profile: ``runs/<profile>/<stage>/<key>``, whether built or not."""
-    upstream = [Path(p).name if isinstance(p, Path) else str(p) for p in depends_on]
-    blob = json.dumps([profile.fingerprint(fields), upstream]).encode()
-    return profile.runs_path / stage / hashlib.sha256(blob).hexdigest()[:10]
+def _upstream_id(upstream: Path | str) -> str:
+    """How an upstream stage enters a key: ``<stage>/<key>``, the same wherever runs/ lives.
+
+    A plain string, such as the hub id of a base model that is downloaded rather than built, is used as it is.
+    """
+    if isinstance(upstream, Path):
+        return f"{upstream.parent.name}/{upstream.name}"
+    return upstream
+
+
+def stage_path(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = ()) -> Path:
+    """Where ``stage`` lives for this profile, ``runs/<profile>/<stage>/<key>``, whether it is built or not."""
+    blob = json.dumps([profile.fingerprint(list(fields)), [_upstream_id(p) for p in depends_on]])
+    return profile.runs_path / stage / hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def is_complete(path: Path) -> bool:
+    """Whether a stage folder was fully built: ``stage.json`` is the last thing written into it."""
     return (Path(path) / STAGE_FILE).is_file()
 
 
 def stage_info(path: Path) -> dict:
-    """What ``stage.json`` recorded: fields, upstream stages, when and how long the build took, versions."""
+    """What ``stage.json`` recorded: fields, upstream stages, when and how long the build took, library versions."""
     return json.loads((Path(path) / STAGE_FILE).read_text())
 
 
+def checkpoint_dir(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = ()) -> Path:
+    """A stable folder for a stage's training checkpoints, so a build killed mid-way resumes where it stopped."""
+    path = stage_path(stage, profile, fields, depends_on)
+    return path.parent / f"{path.name}.checkpoint"
+
+
 def _versions() -> dict[str, str]:
+    """Python's version and those of the installed libraries (read from package metadata: importing torch is slow)."""
     versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft"):
+    for name in RECORDED_LIBRARIES:
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             pass
     return versions
 
 
-def build_or_load(stage: str, profile, fields: Sequence[str], build: Callable[[Path], object], *,
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _scratch(final: Path, kind: str) -> Path:
+    """A fresh hidden name beside ``final``: ``.<key>.tmp-<pid>-<random>`` for a build, ``.old-`` for a replaced one."""
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@contextmanager
+def _locked(final: Path, stage: str) -> Iterator[None]:
+    """Hold ``<key>.lock`` for the block, saying so when another process has it (and is building the stage)."""
+    lock = FileLock(final.parent / f"{final.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process to finish stage '{stage}' ...", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Callable[[Path], object], *,
                   depends_on: Sequence[Path | str] = (), force: bool = False) -> Path:
-    """Return the folder of a complete ``stage``, building it with ``build(folder)`` first if needed.
+    """The folder of a complete ``stage``, built first with ``build(folder)`` unless it is already cached.
 
     Args:
-        stage: the stage's name, e.g. ``"sft"``.
-        profile: the run's profile; ``fields`` names the fields of it that the stage depends on.
-        build: writes the stage's files into the folder it is given.
-        depends_on: folders of upstream stages (or hub ids): a new upstream gives a new key.
-        force: rebuild even if a complete stage exists (it is replaced atomically).
+        stage: the stage's name, e.g. ``"sft"``: a folder under ``runs/<profile>/``.
+        profile: the run's profile. ``fields`` names the fields of it the stage depends on.
+        build: writes the stage's files into the (empty, temporary) folder it is given; its return value is ignored.
+            If it raises, the temporary folder is deleted and the exception propagates.
+        depends_on: folders of the upstream stages (or hub ids): a new upstream gives a new key.
+        force: rebuild even if the stage is complete; the old folder is replaced only once the new one is built.
     """
     final = stage_path(stage, profile, fields, depends_on)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        for leftover in final.parent.glob(f".{final.name}.tmp-*"):  # from builds that crashed
-            shutil.rmtree(leftover, ignore_errors=True)
+    with _locked(final, stage):
+        for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
+            _remove(leftover)  # from a build that crashed: nobody else can be using it while we hold the lock
+        if final.exists() and not is_complete(final):
+            print(f"warning: {final} has no {STAGE_FILE} (half-deleted or copied by hand?); removing and rebuilding")
+            _remove(final)
         if is_complete(final) and not force:
             print(f"loaded stage '{stage}' from {final}")
             return final
-        if final.exists() and not is_complete(final):
-            print(f"warning: {final} has no {STAGE_FILE} (an incomplete copy?); removing it and rebuilding")
-            shutil.rmtree(final)
 
-        print(f"building stage '{stage}' -> {final} ...")
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        print(f"building stage '{stage}' -> {final} ...", flush=True)
+        tmp = _scratch(final, "tmp")
         tmp.mkdir()
-        start = time.time()
+        start = time.perf_counter()
         try:
             build(tmp)
             info = {"stage": stage, "profile": profile.name, "fields": {f: getattr(profile, f) for f in fields},
-                    "depends_on": [str(p) for p in depends_on], "created": datetime.now(timezone.utc).isoformat(),
-                    "build_seconds": round(time.time() - start, 2), "versions": _versions()}
-            (tmp / STAGE_FILE).write_text(json.dumps(info, indent=1, default=str))
-            if final.exists():  # force: move the old one aside, the new one in, then delete the old one
-                old = final.parent / f".{final.name}.tmp-old-{uuid.uuid4().hex[:6]}"
+                    "depends_on": [str(p) for p in depends_on],
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "build_seconds": round(time.perf_counter() - start, 2), "versions": _versions()}
+            (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
+            if final.exists():  # force: move the old stage aside, the new one in, then delete the old one
+                old = _scratch(final, "old")
                 os.replace(final, old)
                 os.replace(tmp, final)
-                shutil.rmtree(old)
+                _remove(old)
             else:
                 os.replace(tmp, final)
-        except BaseException:
+        except BaseException:  # KeyboardInterrupt too: a student stopping a cell must not leave a temp folder
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        print(f"built stage '{stage}' in {time.time() - start:.0f} s")
+        print(f"built in {time.perf_counter() - start:.1f} s")
         return final
-
-
-def checkpoint_dir(stage: str, profile, fields: Sequence[str], depends_on: Sequence[Path | str] = ()) -> Path:
-    """A stable folder for a stage's training checkpoints, so a build killed mid-way resumes where it stopped."""
-    path = stage_path(stage, profile, fields, depends_on)
-    return path.parent / f"{path.name}.checkpoint"

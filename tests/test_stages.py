@@ -1,4 +1,6 @@
-"""The stage cache: build once, new key on new inputs, never half-written, safe across processes."""
+"""The stage cache: built once, new key on new inputs, never half-written, safe across real processes."""
+
+from __future__ import annotations
 
 import multiprocessing as mp
 import os
@@ -7,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock, Timeout
 
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.stages import build_or_load, is_complete, stage_info, stage_path
@@ -14,108 +17,153 @@ from rrhf_lite.stages import build_or_load, is_complete, stage_info, stage_path
 FIELDS = ("seed", "pretrain_steps")
 
 
-def profile(tmp_path, **overrides):
-    return get_profile("tiny", runs_dir=str(tmp_path), **overrides)
+def tiny(runs_dir, **overrides):
+    return get_profile("tiny", runs_dir=str(runs_dir), **overrides)
 
 
-def write_file(out: Path) -> None:
-    (out / "weights.txt").write_text("trained")
+def write_weights(out: Path, text: str = "trained") -> None:
+    (out / "weights.txt").write_text(text)
 
 
-def test_builds_once_then_loads(tmp_path):
+def contents(folder: Path) -> list[str]:
+    """What a stage's parent folder holds, lock files aside (they stay, by design)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_builds_once_then_loads(tmp_path, capsys):
     calls = []
-    build = lambda out: (calls.append(1), write_file(out))  # noqa: E731
-    first = build_or_load("base", profile(tmp_path), FIELDS, build)
-    second = build_or_load("base", profile(tmp_path), FIELDS, build)
-    assert first == second and len(calls) == 1
-    assert (first / "weights.txt").read_text() == "trained"
+
+    def build(out):
+        calls.append(out)
+        write_weights(out)
+
+    first = build_or_load("base", tiny(tmp_path), FIELDS, build)
+    assert "building stage 'base'" in capsys.readouterr().out
+    second = build_or_load("base", tiny(tmp_path), FIELDS, build)
+    assert f"loaded stage 'base' from {first}" in capsys.readouterr().out
+    assert first == second == stage_path("base", tiny(tmp_path), FIELDS) and len(calls) == 1
+    assert calls[0] != first  # built elsewhere, then moved into place
+    assert (first / "weights.txt").read_text() == "trained" and contents(first.parent) == [first.name]
     info = stage_info(first)
-    assert info["stage"] == "base" and info["fields"] == {"seed": 0, "pretrain_steps": 300}
-    assert "torch" in info["versions"]
+    assert info["stage"] == "base" and info["profile"] == "tiny"
+    assert info["fields"] == {"seed": 0, "pretrain_steps": 200} and info["depends_on"] == []
+    assert info["build_seconds"] >= 0 and info["created"][:2] == "20" and "python" in info["versions"]
 
 
 def test_keys_follow_fields_and_upstream(tmp_path):
-    p = profile(tmp_path)
-    assert stage_path("sft", p, FIELDS) == stage_path("sft", profile(tmp_path, pretrain_lr=1.0), FIELDS)  # unlisted
-    assert stage_path("sft", p, FIELDS) != stage_path("sft", profile(tmp_path, seed=1), FIELDS)
-    assert stage_path("sft", p, FIELDS, [Path("a/base/111")]) != stage_path("sft", p, FIELDS, [Path("a/base/222")])
+    p = tiny(tmp_path)
+    assert stage_path("sft", p, FIELDS) == stage_path("sft", tiny(tmp_path), list(FIELDS))
+    assert stage_path("sft", p, FIELDS) == stage_path("sft", tiny(tmp_path, pretrain_lr=1.0), FIELDS)  # unlisted
+    assert stage_path("sft", p, FIELDS) != stage_path("sft", tiny(tmp_path, seed=1), FIELDS)
     assert stage_path("sft", p, FIELDS).parent == tmp_path / "tiny" / "sft"
+    # the upstream's key, not where runs/ lives, enters the downstream key; so does the upstream's stage name
+    assert stage_path("sft", p, FIELDS, [Path("a/base/111")]) == stage_path("sft", p, FIELDS, [Path("b/base/111")])
+    assert stage_path("sft", p, FIELDS, [Path("a/base/111")]) != stage_path("sft", p, FIELDS, [Path("a/base/222")])
+    assert stage_path("sft", p, FIELDS, [Path("a/base/111")]) != stage_path("sft", p, FIELDS, [Path("a/other/111")])
+    assert stage_path("sft", p, FIELDS, ["Qwen/A"]) != stage_path("sft", p, FIELDS, ["Qwen/B"])  # hub ids
+
+
+def test_upstream_change_gives_new_downstream(tmp_path):
+    def sft_for(profile):
+        base = build_or_load("base", profile, FIELDS, write_weights)
+        return build_or_load("sft", profile, ["seed"], write_weights, depends_on=[base])
+
+    sft = sft_for(tiny(tmp_path))
+    retrained = sft_for(tiny(tmp_path, pretrain_steps=5))  # the SFT stage does not list pretrain_steps itself...
+    assert retrained != sft and is_complete(sft) and is_complete(retrained)  # ...but its base changed
+    assert stage_info(retrained)["depends_on"] == [str(stage_path("base", tiny(tmp_path, pretrain_steps=5), FIELDS))]
 
 
 def test_failed_build_leaves_nothing_and_next_call_builds(tmp_path):
     def broken(out):
-        write_file(out)
+        write_weights(out)
         raise RuntimeError("out of memory")
 
-    with pytest.raises(RuntimeError):
-        build_or_load("base", profile(tmp_path), FIELDS, broken)
-    parent = stage_path("base", profile(tmp_path), FIELDS).parent
-    assert [p.name for p in parent.iterdir() if not p.name.endswith(".lock")] == []
-    assert is_complete(build_or_load("base", profile(tmp_path), FIELDS, write_file))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        build_or_load("base", tiny(tmp_path), FIELDS, broken)
+    path = stage_path("base", tiny(tmp_path), FIELDS)
+    assert contents(path.parent) == []  # no final folder, no temporary folder
+    assert build_or_load("base", tiny(tmp_path), FIELDS, write_weights) == path and is_complete(path)
 
 
-def test_force_rebuilds_in_place(tmp_path):
-    path = build_or_load("base", profile(tmp_path), FIELDS, write_file)
-    again = build_or_load("base", profile(tmp_path), FIELDS, lambda out: (out / "weights.txt").write_text("v2"),
-                          force=True)
-    assert again == path and (path / "weights.txt").read_text() == "v2"
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".lock"]
+def test_force_rebuilds_and_replaces(tmp_path):
+    path = build_or_load("base", tiny(tmp_path), FIELDS, write_weights)
+    created = stage_info(path)["created"]
+    (path / "stale.txt").write_text("from the old build")
+    again = build_or_load("base", tiny(tmp_path), FIELDS, lambda out: write_weights(out, "v2"), force=True)
+    assert again == path and (path / "weights.txt").read_text() == "v2" and not (path / "stale.txt").exists()
+    assert stage_info(path)["created"] >= created and contents(path.parent) == [path.name]
 
 
-def test_folder_without_stage_json_is_rebuilt(tmp_path):
-    path = stage_path("base", profile(tmp_path), FIELDS)
+def test_folder_without_stage_json_is_rebuilt(tmp_path, capsys):
+    path = stage_path("base", tiny(tmp_path), FIELDS)
     path.mkdir(parents=True)
-    (path / "weights.txt").write_text("half")
+    write_weights(path, "half")
     assert not is_complete(path)
-    build_or_load("base", profile(tmp_path), FIELDS, write_file)
+    assert build_or_load("base", tiny(tmp_path), FIELDS, write_weights) == path
+    assert "warning" in capsys.readouterr().out
     assert (path / "weights.txt").read_text() == "trained" and is_complete(path)
 
 
-def slow_build_worker(runs_dir: str, counter: str, results: str) -> None:
+# --- real processes: the functions they run must be importable, so they live at module level -----------------
+def slow_build_worker(runs_dir: str, counter: str, results: str, barrier) -> None:
     def build(out):
         with open(counter, "a") as f:
             f.write("built\n")
         time.sleep(1.0)
-        write_file(out)
+        write_weights(out)
 
-    path = build_or_load("base", get_profile("tiny", runs_dir=runs_dir), FIELDS, build)
+    barrier.wait()  # both processes ask for the stage at the same moment
+    path = build_or_load("base", tiny(runs_dir), FIELDS, build)
+    ok = is_complete(path) and (path / "weights.txt").read_text() == "trained"  # never half-written
     with open(results, "a") as f:
-        f.write(f"{path}\n")
+        f.write(f"{path} {ok}\n")
 
 
 def test_two_processes_build_once(tmp_path):
     ctx = mp.get_context("spawn")
-    counter, results = tmp_path / "counter", tmp_path / "results"
-    procs = [ctx.Process(target=slow_build_worker, args=(str(tmp_path), str(counter), str(results))) for _ in range(2)]
+    counter, results, barrier = tmp_path / "counter", tmp_path / "results", ctx.Barrier(2)
+    procs = [ctx.Process(target=slow_build_worker, args=(str(tmp_path), str(counter), str(results), barrier))
+             for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert counter.read_text().count("built") == 1
-    paths = results.read_text().split()
-    assert len(paths) == 2 and paths[0] == paths[1] and is_complete(Path(paths[0]))
+    assert counter.read_text().splitlines() == ["built"]  # exactly one build
+    expected = stage_path("base", tiny(tmp_path), FIELDS)
+    assert results.read_text().splitlines() == [f"{expected} True"] * 2  # both got the same, complete stage
 
 
 def hanging_build_worker(runs_dir: str, started: str) -> None:
     def build(out):
-        write_file(out)
-        Path(started).write_text("in build")
-        time.sleep(120)
+        write_weights(out)
+        Path(started).write_text(str(out))
+        time.sleep(60)
 
-    build_or_load("base", get_profile("tiny", runs_dir=runs_dir), FIELDS, build)
+    build_or_load("base", tiny(runs_dir), FIELDS, build)
 
 
 def test_killed_build_is_not_loaded_and_does_not_block(tmp_path):
     started = tmp_path / "started"
     proc = mp.get_context("spawn").Process(target=hanging_build_worker, args=(str(tmp_path), str(started)))
     proc.start()
-    deadline = time.time() + 60
+    deadline = time.time() + 30
     while not started.exists() and time.time() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
+    assert started.exists(), "the worker never entered build"
+    path = stage_path("base", tiny(tmp_path), FIELDS)
+    with pytest.raises(Timeout):  # the worker holds the lock while it builds
+        FileLock(path.parent / f"{path.name}.lock").acquire(timeout=0.1)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
-    path = stage_path("base", profile(tmp_path), FIELDS)
-    assert not is_complete(path)  # the half-built stage never became visible
-    rebuilt = build_or_load("base", profile(tmp_path), FIELDS, write_file)  # the dead process's lock is gone
-    assert is_complete(rebuilt) and not list(rebuilt.parent.glob(".*tmp-*"))
+    proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL
+
+    assert not is_complete(path) and not path.exists()  # the half-built stage never became visible
+    leftover = Path(started.read_text())
+    assert leftover.exists() and leftover.parent == path.parent  # the crash left its temp folder behind
+    lock = FileLock(path.parent / f"{path.name}.lock")  # the kernel released the dead process's lock
+    lock.acquire(timeout=1)
+    lock.release()
+    rebuilt = build_or_load("base", tiny(tmp_path), FIELDS, write_weights)
+    assert rebuilt == path and is_complete(path) and not leftover.exists() and contents(path.parent) == [path.name]
