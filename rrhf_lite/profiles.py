@@ -73,10 +73,10 @@ class Profile:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory (GPU profiles)
 
     # --- pretraining the tiny base model (notebook 00) ----------------------------------------------
-    pretrain_steps: int = 300  # optimiser steps of next-token training on the world's dialogues
+    pretrain_steps: int = 200  # optimiser steps of next-token training on the world's dialogues
     pretrain_batch_size: int = 32  # dialogues per step
     pretrain_lr: float = 3e-3  # peak AdamW learning rate (a tiny model from scratch tolerates a high rate)
-    pretrain_warmup_steps: int = 30  # linear warm-up before the cosine decay
+    pretrain_warmup_steps: int = 20  # linear warm-up before the cosine decay
     weight_decay: float = 0.01  # AdamW weight decay for all training stages
     max_grad_norm: float = 1.0  # gradient clipping threshold for all training stages
     log_every: int = 10  # record metrics (and update the progress bar) every this many steps
@@ -94,14 +94,64 @@ class Profile:
     rm_eval_pairs: int = 1_000  # held-out comparisons on test prompts for accuracy and calibration
     rm_steps: int = 250  # optimiser steps
     rm_batch_size: int = 16  # comparisons per step (two sequences each)
-    rm_lr: float = 2e-3  # peak learning rate (LoRA adapters + the fresh scalar head)
+    rm_lr: float = 1e-3  # peak learning rate (LoRA adapters + the fresh scalar head); 2e-3 overfits the noise
     rm_warmup_steps: int = 25  # linear warm-up steps
     rm_center_coef: float = 0.01  # weight of the (r_c + r_r)^2 term that keeps rewards centred near 0
+
+    # --- sampling, best-of-n and the ranking data (notebook 03) -------------------------------------
+    sample_prompts: int = 400  # training prompts that get a ranked set of candidate replies (RRHF/PRO/DPO data)
+    samples_per_prompt: int = 3  # candidates sampled from the SFT policy per prompt
+    base_samples_per_prompt: int = 1  # candidates sampled from the base model per prompt ("another model", RRHF)
+    sample_top_p: float = 1.0  # nucleus sampling: keep the smallest token set with this much probability
+    bon_n: int = 16  # samples per held-out prompt for the best-of-n curves (n = 1, 2, 4, ... up to this)
+    ppl_quantile: float = 0.5  # perplexity filter: keep pairs whose replies are both below this quantile
+
+    # --- RRHF and PRO: training on rankings (notebooks 04, 05) -----------------------------------------
+    ranking_steps: int = 100  # optimiser steps (each sees ranking_batch_size prompts with all their candidates)
+    ranking_batch_size: int = 8  # prompts per step; with 5 candidates each, 40 sequences in one forward pass
+    ranking_warmup_steps: int = 10  # linear warm-up steps
+    rrhf_lr: float = 1e-4  # RRHF: peak learning rate of the fresh LoRA adapters
+    rrhf_length_penalty: float = 1.0  # RRHF: p_i = log pi(y_i) / |y_i|**this (1 = mean log-prob, as in the paper)
+    rrhf_sft_weight: float = 1.0  # RRHF: weight of the SFT term on the best candidate (the paper uses 1)
+    pro_lr: float = 2e-4  # PRO: peak learning rate of the fresh LoRA adapters
+    pro_sft_weight: float = 0.05  # PRO: weight of the SFT term (the official HH script uses 0.05)
+    pro_use_temperature: bool = True  # PRO: scale each contrast by reward gaps (the paper's dynamic temperature)
+    pro_ranking_length: int = 0  # PRO: candidates kept per prompt (best, worst, spread between); 0 = all
+
+    # --- DPO (notebook 06) -------------------------------------------------------------------------------
+    dpo_steps: int = 100  # optimiser steps
+    dpo_batch_size: int = 16  # preference pairs per step (chosen and rejected in one forward pass)
+    dpo_lr: float = 5e-5  # peak learning rate of the fresh LoRA adapters (higher rates collapse the tiny model)
+    dpo_warmup_steps: int = 10  # linear warm-up steps
+    dpo_beta: float = 0.1  # strength of the implicit KL constraint: small beta lets the policy move further
+    dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo" (Azar et al. 2023)
+    dpo_label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
+
+    # --- PPO (notebook 07): one base model, adapters for the rest ------------------------------------
+    ppo_iterations: int = 40  # rounds of (sample a rollout, score it, several epochs of updates)
+    ppo_rollout_prompts: int = 64  # training prompts per rollout, one sampled reply each
+    ppo_epochs: int = 2  # passes over each rollout
+    ppo_minibatch_size: int = 16  # rollout replies per gradient step
+    ppo_lr: float = 1e-4  # peak learning rate of the policy adapters and the value head
+    ppo_clip_range: float = 0.2  # epsilon of the clipped policy objective (Schulman et al. 2017)
+    ppo_value_clip_range: float = 0.2  # clipping of value updates around the rollout's values
+    ppo_vf_coef: float = 0.5  # weight of the value loss next to the policy loss
+    ppo_gamma: float = 1.0  # discount; 1 = no discounting within a reply (Huang et al.)
+    ppo_lam: float = 0.95  # GAE lambda
+    ppo_kl_coef: float = 0.05  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); the start value if adaptive
+    ppo_kl_estimator: str = "k1"  # per-token KL estimate in the reward: "k1" (log-ratio) or "k3" (always >= 0)
+    ppo_adaptive_kl: bool = True  # adapt beta towards ppo_kl_target (Ziegler et al. 2019); False keeps it fixed
+    ppo_kl_target: float = 2.0  # target sequence-level KL (nats) for the adaptive controller
+    ppo_kl_horizon: int = 2_000  # controller horizon in replies: how fast beta reacts
+    ppo_no_eos_penalty: float = -1.0  # score given instead of the reward model's to replies that never end
+    ppo_value_init: str = "reward"  # value head initialised from the reward model's head ("reward") or at zero ("zero")
 
     # --- evaluation ---------------------------------------------------------------------------------
     eval_prompts: int = 200  # held-out prompts on which samples are drawn and judged
     max_new_tokens: int = 64  # longest sampled reply in tokens
-    sample_temperature: float = 1.0  # sampling temperature for evaluation samples
+    sample_temperature: float = 0.7  # temperature of every sample: candidates, best-of-n, evaluation, PPO rollouts
+    eval_samples_per_prompt: int = 2  # replies per held-out prompt when a model is evaluated (less noise)
+    generation_batch_size: int = 128  # prompts per generate() call
 
     # --- where outputs go ---------------------------------------------------------------------------
     runs_dir: str = ""  # root of the stage cache; "" = default_runs_dir() ($RRHF_LITE_RUNS or <repo>/runs)
@@ -143,6 +193,10 @@ class ColabT4Profile(Profile):
     rm_batch_size: int = 16  # comparisons per step (two sequences each)
     rm_lr: float = 1e-4  # adapters + scalar head
     rm_warmup_steps: int = 100  # linear warm-up steps
+    sample_prompts: int = 2_000  # HH-RLHF training prompts that get ranked candidates
+    samples_per_prompt: int = 2  # SFT samples per prompt (plus 1 base sample and HH's chosen and rejected: 5)
+    bon_n: int = 8  # samples per held-out prompt for best-of-n
+    generation_batch_size: int = 32  # prompts per generate() call: long HH prompts fill a T4 quickly
     eval_prompts: int = 100  # held-out HH-RLHF prompts to sample on
     max_new_tokens: int = 128  # HH replies are longer than the tiny world's
     log_every: int = 20  # record metrics every this many steps
