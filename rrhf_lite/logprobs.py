@@ -100,3 +100,27 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float 
     mask = batch["response_mask"][:, 1:].to(logits.dtype)
     logps = token_logprobs(logits, labels) * mask
     return SequenceLogprobs(token_logps=logps, mask=mask, sum=logps.sum(-1), count=mask.sum(-1), logits=logits)
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str], max_length: int,
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log pi(y | x)`` summed over each response's tokens, and their count, for many pairs; no gradients.
+
+    What DPO's reference cache, perplexity filtering and KL estimates need. Returns two ``[len(prompts)]`` tensors
+    on the CPU. Perplexity is ``exp(-sum / count)``.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    was_training = model.training
+    model.eval()
+    sums, counts = [], []
+    for start in range(0, len(prompts), batch_size):
+        rows = [tokenize_pair(tokenizer, p, r, max_length)
+                for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+        batch = {k: v.to(model.device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
+        out = sequence_logprobs(model, batch)
+        sums.append(out.sum.cpu())
+        counts.append(out.count.cpu())
+    model.train(was_training)
+    return torch.cat(sums), torch.cat(counts)

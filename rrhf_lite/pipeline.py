@@ -6,13 +6,16 @@ the profile fields it depends on, so changing one of them builds a new entry ins
 
     base    the tiny base model (on real profiles: the hub model, nothing to build)
     sft     base + LoRA fine-tuned on demonstrations, merged:  <stage>/model, <stage>/adapter, history.json
-    reward  SFT model + LoRA + scalar head, on comparisons:  <stage>/adapter, history.json
+    reward  SFT model + LoRA + scalar head, on comparisons:  <stage>/adapter, history.json, normalisation.json
+    samples candidates from the SFT model, the base model and experts, scored:  <stage>/rankings, <stage>/pairs
+            (datasets, ``load_from_disk``) and <stage>/best_of_n (many SFT samples per held-out prompt)
 
 This module also says which data each profile uses: the tiny world, or Anthropic's HH-RLHF.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -30,7 +33,21 @@ LORA_FIELDS = ("load_in_4bit", "compute_dtype", "lora_r", "lora_alpha", "lora_dr
 SFT_FIELDS = WORLD_FIELDS + LORA_FIELDS + ("sft_examples", "sft_expert_fraction", "sft_steps", "sft_batch_size",
                                            "sft_lr", "sft_warmup_steps")
 REWARD_FIELDS = WORLD_FIELDS + LORA_FIELDS + ("rm_pairs", "rm_eval_pairs", "rm_steps", "rm_batch_size", "rm_lr",
-                                              "rm_warmup_steps", "rm_center_coef")
+                                              "rm_warmup_steps", "rm_center_coef", "rm_eval_every",
+                                              # the normalisation statistics come from SFT samples drawn with these:
+                                              "eval_prompts", "max_new_tokens", "sample_temperature")
+EVAL_FIELDS = ("eval_prompts", "eval_samples_per_prompt", "max_new_tokens", "sample_temperature", "max_length",
+               "generation_batch_size")
+SAMPLES_FIELDS = WORLD_FIELDS + EVAL_FIELDS + ("compute_dtype", "sample_prompts", "samples_per_prompt",
+                                               "base_samples_per_prompt", "sample_top_p", "bon_n")
+RANKING_FIELDS = LORA_FIELDS + EVAL_FIELDS + ("ranking_steps", "ranking_batch_size", "ranking_warmup_steps")
+METHOD_FIELDS = {
+    "rrhf": RANKING_FIELDS + ("rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight"),
+    "pro": RANKING_FIELDS + ("pro_lr", "pro_sft_weight", "pro_use_temperature", "pro_ranking_length"),
+    "dpo": LORA_FIELDS + EVAL_FIELDS + ("dpo_steps", "dpo_batch_size", "dpo_lr", "dpo_warmup_steps", "dpo_beta",
+                                        "dpo_loss_type", "dpo_label_smoothing", "ppl_quantile", "sample_prompts"),
+}
+DPO_DATA = ("pairs", "filtered", "labels")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -63,6 +80,11 @@ def eval_prompts(profile) -> list[str]:
     if is_tiny_world(profile):
         return TinyWorld.from_profile(profile).sample_prompts(profile.eval_prompts, "test")
     return list(preference_data(profile, "test", profile.eval_prompts)["prompt"])
+
+
+def evaluation_prompts(profile) -> list[str]:
+    """The held-out prompts, each ``eval_samples_per_prompt`` times: what a model is measured on (see 08)."""
+    return eval_prompts(profile) * profile.eval_samples_per_prompt
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -105,6 +127,174 @@ def reward_stage(profile, force: bool = False) -> Path:
     def train_fn(out: Path, ckpt: Path):
         train_pairs = preference_data(profile, "train", profile.rm_pairs)
         eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
-        return train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt)
+        train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt)
+        (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
 
     return _build_with_checkpoints("reward", profile, REWARD_FIELDS, [sft], train_fn, force)
+
+
+def reward_normalisation(profile, policy_path, reward_dir: Path) -> dict[str, float]:
+    """Reward mean and std on the policy's own samples (train prompts), to normalise rewards for RL."""
+    from .reward import load_reward_model, normalisation, score
+    from .sampling import generate
+
+    policy, tokenizer = load_policy(profile, policy_path)
+    prompts = list(preference_data(profile, "train", profile.eval_prompts)["prompt"])
+    samples = generate(policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
+                       temperature=profile.sample_temperature, seed=profile.seed)
+    model, rm_tokenizer = load_reward_model(policy_path, reward_dir / "adapter", profile)
+    return normalisation(score(model, rm_tokenizer, prompts, samples, profile.max_length))
+
+
+def load_policy(profile, path):
+    """A causal LM for sampling and scoring (no adapters, no training), with a pad token distinct from eos."""
+    from .models import load_pretrained
+
+    return load_pretrained(path, profile.compute_dtype, add_pad=profile.base_model is not None)
+
+
+def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
+    """``score(prompts, replies) -> normalised proxy rewards``: the reward model of stage 02, as a function."""
+    from .reward import load_reward_model, normalise, score
+
+    model, tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
+    stats = json.loads((reward_dir / "normalisation.json").read_text())
+
+    def score_fn(prompts: list[str], replies: list[str]) -> list[float]:
+        return normalise(score(model, tokenizer, prompts, replies, profile.max_length), stats).tolist()
+
+    return score_fn
+
+
+def gold_scorer(profile):
+    """The gold judge as ``score(prompts, replies) -> list[float]`` on the tiny world; None on real data."""
+    from .evaluate import gold_rewards
+
+    return gold_rewards if is_tiny_world(profile) else None
+
+
+def candidate_prompts(profile) -> tuple[list[str], list[list[str]]]:
+    """Training prompts for the ranking data and, per prompt, the "expert" replies that join the candidates.
+
+    Tiny world: the world's best reply. HH-RLHF: the dataset's chosen and rejected replies, as RRHF does.
+    """
+    if is_tiny_world(profile):
+        from .world import expert_response
+
+        prompts = TinyWorld.from_profile(profile).sample_prompts(profile.sample_prompts, "train")
+        return prompts, [[expert_response(p)] for p in prompts]
+    pairs = preference_data(profile, "train", profile.sample_prompts)
+    return list(pairs["prompt"]), [[c, r] for c, r in zip(pairs["chosen"], pairs["rejected"])]
+
+
+def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> None:
+    """Sample candidates, score them, and save ``rankings``, ``pairs`` (with perplexities) and ``best_of_n``."""
+    from .candidates import build_rankings, perplexities, rankings_to_pairs
+    from .evaluate import policy_report
+    from .sampling import sample_candidates
+
+    kwargs = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.sample_temperature,
+                  top_p=profile.sample_top_p, batch_size=profile.generation_batch_size, progress=True)
+    prompts, experts = candidate_prompts(profile)
+    policy, tokenizer = load_policy(profile, sft_dir / "model")
+    base_model, base_tokenizer = load_policy(profile, base)
+    sources = {"sft": sample_candidates(policy, tokenizer, prompts, profile.samples_per_prompt, seed=profile.seed,
+                                        **kwargs),
+               "base": sample_candidates(base_model, base_tokenizer, prompts, profile.base_samples_per_prompt,
+                                         seed=profile.seed, **kwargs),
+               "expert": experts}
+    del base_model
+    score_fn, gold_fn = proxy_scorer(profile, sft_dir, reward_dir), gold_scorer(profile)
+    rankings = build_rankings(prompts, sources, score_fn, gold_fn)
+    rankings.save_to_disk(out / "rankings")
+
+    pairs = rankings_to_pairs(rankings)
+    ppl_chosen = perplexities(policy, tokenizer, pairs["prompt"], pairs["chosen"], profile.max_length)
+    ppl_rejected = perplexities(policy, tokenizer, pairs["prompt"], pairs["rejected"], profile.max_length)
+    pairs = pairs.add_column("ppl_chosen", ppl_chosen.tolist()).add_column("ppl_rejected", ppl_rejected.tolist())
+    pairs.save_to_disk(out / "pairs")
+
+    held_out = eval_prompts(profile)
+    bon = sample_candidates(policy, tokenizer, held_out, profile.bon_n, seed=profile.seed + 1, **kwargs)
+    build_rankings(held_out, {"sft": bon}, score_fn, gold_fn).save_to_disk(out / "best_of_n")
+
+    # The SFT model measured exactly as every method will be (same prompts, same seed): the baseline.
+    measured = evaluation_prompts(profile)
+    report, replies = policy_report(policy, tokenizer, measured, profile, score_fn, gold_fn, is_reference=True)
+    gold = gold_fn(measured, replies) if gold_fn else None
+    (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "gold": gold}, indent=1))
+
+
+def samples_stage(profile, force: bool = False) -> Path:
+    """The sampling stage folder: ``rankings``, ``pairs`` and ``best_of_n`` datasets (``datasets.load_from_disk``)."""
+    base, sft, reward = base_model_path(profile), sft_stage(profile), reward_stage(profile)
+    return build_or_load("samples", profile, SAMPLES_FIELDS,
+                         lambda out: build_samples(profile, base, sft, reward, out),
+                         depends_on=[base, sft, reward], force=force)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The methods: RRHF, PRO, DPO. Each trains fresh LoRA adapters on the SFT model and is evaluated like the SFT model.
+# ------------------------------------------------------------------------------------------------------------
+def load_samples(profile, name: str):
+    """One dataset of the sampling stage: ``"rankings"``, ``"pairs"`` or ``"best_of_n"``."""
+    import datasets
+
+    return datasets.load_from_disk(samples_stage(profile) / name)
+
+
+def evaluate_adapter(profile, adapter_dir: Path) -> dict:
+    """Load SFT model + a trained adapter and measure it like the SFT baseline (``sft_eval.json``)."""
+    from .evaluate import policy_report
+    from .models import load_for_training
+
+    sft, samples = sft_stage(profile), samples_stage(profile)
+    baseline = json.loads((samples / "sft_eval.json").read_text())
+    model, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
+    report, replies = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
+                                    proxy_scorer(profile, sft, reward_stage(profile)), gold_scorer(profile),
+                                    baseline_gold=baseline["gold"])
+    return {"report": report, "replies": replies}
+
+
+def dpo_pairs(profile, data: str = "pairs"):
+    """DPO's training pairs: ``"pairs"`` (best vs worst of the scored candidates of stage 03), ``"filtered"``
+    (the same, perplexity-filtered to the SFT model) or ``"labels"`` (labellers' pairs like those the reward model
+    was trained on; ``sample_prompts`` of them)."""
+    if data == "pairs":
+        return load_samples(profile, "pairs")
+    if data == "filtered":
+        from .candidates import perplexity_filter
+
+        return perplexity_filter(load_samples(profile, "pairs"), quantile=profile.ppl_quantile).dataset
+    if data == "labels":  # as many as the candidate pairs, so that the two data sets cost the same to train on
+        return preference_data(profile, "train", profile.sample_prompts)
+    raise ValueError(f"DPO data must be one of {DPO_DATA}, got {data!r}")
+
+
+def method_stage(profile, method: str, data: str = "pairs", force: bool = False) -> Path:
+    """Train and evaluate ``method`` ("rrhf", "pro" or "dpo") from the SFT model; returns the stage folder.
+
+    The folder holds ``adapter/`` (LoRA weights), ``history.json`` (training curves) and ``eval.json`` (gold and
+    proxy reward, KL to the SFT model and win rate on held-out prompts, with the replies). ``data`` picks DPO's
+    pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03.
+    """
+    from .dpo import train_dpo
+    from .ranking import shorten_rankings, train_ranking
+
+    if method not in METHOD_FIELDS:
+        raise ValueError(f"method must be one of {sorted(METHOD_FIELDS)}, got {method!r}")
+    sft, samples = sft_stage(profile), samples_stage(profile)
+
+    def train_fn(out: Path, ckpt: Path) -> None:
+        if method == "dpo":
+            train_dpo(profile, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
+        else:
+            rankings = load_samples(profile, "rankings")
+            if method == "pro" and profile.pro_ranking_length:
+                rankings = shorten_rankings(rankings, profile.pro_ranking_length)
+            train_ranking(profile, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
+        (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
+
+    name = f"dpo-{data}" if method == "dpo" else method
+    return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force)

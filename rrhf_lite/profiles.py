@@ -97,6 +97,7 @@ class Profile:
     rm_lr: float = 1e-3  # peak learning rate (LoRA adapters + the fresh scalar head); 2e-3 overfits the noise
     rm_warmup_steps: int = 25  # linear warm-up steps
     rm_center_coef: float = 0.01  # weight of the (r_c + r_r)^2 term that keeps rewards centred near 0
+    rm_eval_every: int = 100  # steps between held-out accuracy evaluations (a multiple of log_every)
 
     # --- sampling, best-of-n and the ranking data (notebook 03) -------------------------------------
     sample_prompts: int = 400  # training prompts that get a ranked set of candidate replies (RRHF/PRO/DPO data)
@@ -110,7 +111,7 @@ class Profile:
     ranking_steps: int = 100  # optimiser steps (each sees ranking_batch_size prompts with all their candidates)
     ranking_batch_size: int = 8  # prompts per step; with 5 candidates each, 40 sequences in one forward pass
     ranking_warmup_steps: int = 10  # linear warm-up steps
-    rrhf_lr: float = 1e-4  # RRHF: peak learning rate of the fresh LoRA adapters
+    rrhf_lr: float = 3e-4  # RRHF: peak learning rate of the fresh LoRA adapters
     rrhf_length_penalty: float = 1.0  # RRHF: p_i = log pi(y_i) / |y_i|**this (1 = mean log-prob, as in the paper)
     rrhf_sft_weight: float = 1.0  # RRHF: weight of the SFT term on the best candidate (the paper uses 1)
     pro_lr: float = 2e-4  # PRO: peak learning rate of the fresh LoRA adapters
@@ -119,10 +120,10 @@ class Profile:
     pro_ranking_length: int = 0  # PRO: candidates kept per prompt (best, worst, spread between); 0 = all
 
     # --- DPO (notebook 06) -------------------------------------------------------------------------------
-    dpo_steps: int = 100  # optimiser steps
+    dpo_steps: int = 50  # optimiser steps (two passes over the 400 pairs of stage 03)
     dpo_batch_size: int = 16  # preference pairs per step (chosen and rejected in one forward pass)
-    dpo_lr: float = 5e-5  # peak learning rate of the fresh LoRA adapters (higher rates collapse the tiny model)
-    dpo_warmup_steps: int = 10  # linear warm-up steps
+    dpo_lr: float = 1e-4  # peak learning rate of the fresh LoRA adapters (1e-3 collapses the tiny model)
+    dpo_warmup_steps: int = 5  # linear warm-up steps
     dpo_beta: float = 0.1  # strength of the implicit KL constraint: small beta lets the policy move further
     dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo" (Azar et al. 2023)
     dpo_label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
@@ -138,7 +139,7 @@ class Profile:
     ppo_vf_coef: float = 0.5  # weight of the value loss next to the policy loss
     ppo_gamma: float = 1.0  # discount; 1 = no discounting within a reply (Huang et al.)
     ppo_lam: float = 0.95  # GAE lambda
-    ppo_kl_coef: float = 0.05  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); the start value if adaptive
+    ppo_kl_coef: float = 0.05  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); start value if adaptive
     ppo_kl_estimator: str = "k1"  # per-token KL estimate in the reward: "k1" (log-ratio) or "k3" (always >= 0)
     ppo_adaptive_kl: bool = True  # adapt beta towards ppo_kl_target (Ziegler et al. 2019); False keeps it fixed
     ppo_kl_target: float = 2.0  # target sequence-level KL (nats) for the adaptive controller

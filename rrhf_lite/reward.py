@@ -103,7 +103,7 @@ def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Pat
     history = train(model, batches, functools.partial(reward_step, center_coef=profile.rm_center_coef),
                     steps=profile.rm_steps, lr=profile.rm_lr, warmup_steps=profile.rm_warmup_steps,
                     weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
-                    log_every=profile.log_every, eval_fn=held_out_accuracy, eval_every=5 * profile.log_every,
+                    log_every=profile.log_every, eval_fn=held_out_accuracy, eval_every=profile.rm_eval_every,
                     checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every, seed=profile.seed,
                     desc="reward model", progress=progress)
     model.save_pretrained(out_dir / "adapter")

@@ -87,21 +87,22 @@ def test_rrhf_hand_values_one_misordered_pair():
 def test_rrhf_sums_pairs_within_a_query_and_averages_over_queries():
     # Query 1: p = (0, -1, -2) with rewards (1, 2, 3): every pair reversed: (0-(-1)) + (0-(-2)) + (-1-(-2)) = 4.
     # Query 2: p = (-1, -3) with rewards (5, 0): in order, 0; third slot is padding full of NaN.
-    # Rank = (4 + 0) / 2 = 2. SFT: query 1 best = candidate 2, nll 2; query 2 best = candidate 0, nll 1 -> 1.5.
+    # Rank = (4 + 0) / 2 = 2. SFT (summed NLL): query 1 best = candidate 2, nll 2; query 2 best = candidate 0,
+    # nll 2 (its two tokens sum to -2) -> 2.
     nan = float("nan")
     out = rrhf_loss(t([0.0, -1.0, -2.0], [-2.0, -6.0, nan]), t([1, 1, 1], [2, 2, nan]),
                     t([1.0, 2.0, 3.0], [5.0, 0.0, nan]), valid=t([1, 1, 1], [1, 1, 0]).bool())
     assert out.rank.item() == pytest.approx(2.0)
-    assert out.sft.item() == pytest.approx(1.5)
+    assert out.sft.item() == pytest.approx(2.0)
 
 
 def test_rrhf_ties_contribute_nothing_and_tied_best_candidates_are_averaged():
     # Equal rewards: neither order is preferred, so no pair is penalised, whatever the log-probs.
     assert rrhf_loss(t([-1.0, -3.0]), t([1, 1]), t([2.0, 2.0])).rank.item() == 0.0
     assert rrhf_loss(t([-3.0, -1.0]), t([1, 1]), t([2.0, 2.0])).rank.item() == 0.0
-    # Two candidates tie for the best reward: SFT = mean of their per-token NLLs = (2/2 + 9/3) / 2 = 2.
+    # Two candidates tie for the best reward: SFT = mean of their summed NLLs = (2 + 9) / 2 = 5.5.
     out = rrhf_loss(t([-2.0, -9.0, -1.0]), t([2, 3, 1]), t([7.0, 7.0, 0.0]))
-    assert out.sft.item() == pytest.approx(2.0)
+    assert out.sft.item() == pytest.approx(5.5)
 
 
 def test_rrhf_gradient_pushes_the_worse_candidate_down_and_the_better_up():

@@ -1,0 +1,121 @@
+"""Measuring models: gold reward of samples, reward-model accuracy and calibration.
+
+The tiny world's gold judge lets every lesson grade a model against the truth, not only against the learned
+reward model (the proxy). Real profiles have no gold judge; there, proxy reward and held-out accuracy are what
+can be measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .world import gold_score
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def gold_rewards(prompts: list[str], replies: list[str]) -> list[float]:
+    """The gold judge's score of every (prompt, reply)."""
+    return [gold_score(p, r) for p, r in zip(prompts, replies)]
+
+
+def pairwise_accuracy(chosen_rewards, rejected_rewards) -> float:
+    """Share of comparisons where the chosen reply gets the higher reward."""
+    return mean(float(c > r) for c, r in zip(chosen_rewards, rejected_rewards))
+
+
+def gold_agreement(chosen_rewards, rejected_rewards, gold_chosen, gold_rejected) -> float:
+    """Share of comparisons where the reward model orders the two replies as the gold judge does."""
+    return mean(float((c > r) == (gc > gr))
+                for c, r, gc, gr in zip(chosen_rewards, rejected_rewards, gold_chosen, gold_rejected))
+
+
+@dataclass
+class Calibration:
+    """Reliability diagram data: per bin, mean predicted probability, observed frequency and count; plus ECE."""
+
+    predicted: list[float]
+    observed: list[float]
+    counts: list[int]
+    ece: float
+
+
+def calibration(chosen_rewards, rejected_rewards, bins: int = 10) -> Calibration:
+    """How well ``P(a > b) = sigmoid(r_a - r_b)`` matches how often ``a`` was actually preferred.
+
+    Every comparison is counted in both orders, (chosen, rejected) with outcome 1 and (rejected, chosen) with
+    outcome 0, so the diagram is symmetric about 0.5 and does not depend on which reply was listed first. The
+    expected calibration error is ``ECE = sum_b (n_b / N) |mean predicted_b - observed_b|``.
+    """
+    points = []
+    for c, r in zip(chosen_rewards, rejected_rewards):
+        p = 1.0 / (1.0 + math.exp(-(float(c) - float(r))))
+        points += [(p, 1.0), (1.0 - p, 0.0)]
+    predicted, observed, counts = [], [], []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [(p, y) for p, y in points if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if members:
+            predicted.append(mean(p for p, _ in members))
+            observed.append(mean(y for _, y in members))
+            counts.append(len(members))
+    ece = sum(n * abs(p - o) for p, o, n in zip(predicted, observed, counts)) / len(points)
+    return Calibration(predicted, observed, counts, ece)
+
+
+def win_rate(scores_a, scores_b) -> float:
+    """Share of prompts where reply a scores higher than reply b; a tie counts as half a win."""
+    return mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b))
+
+
+def kl_to_reference(model, tokenizer, prompts: list[str], replies: list[str], max_length: int,
+                    reference=None) -> torch.Tensor:
+    """Per-sample estimate of KL(pi || pi_ref): ``log pi(y | x) - log pi_ref(y | x)`` for replies ``y ~ pi``.
+
+    Its mean over samples drawn from ``model`` is an unbiased estimate of the sequence-level KL divergence (the
+    "k1" estimator; single samples can be negative, the mean is not in expectation). ``reference=None`` means
+    ``model`` is a LoRA (peft) model and the reference is the same model with its adapters disabled: no second
+    model in memory.
+    """
+    from .logprobs import response_logprobs
+
+    logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length)
+    if reference is None:
+        with model.disable_adapter():
+            ref_logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length)
+    else:
+        ref_logp, _ = response_logprobs(reference, tokenizer, prompts, replies, max_length)
+    return logp - ref_logp
+
+
+def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_fn=None, *, reference=None,
+                  is_reference: bool = False, baseline_gold: list[float] | None = None,
+                  seed: int | None = None) -> tuple[dict, list[str]]:
+    """Sample one reply per held-out prompt and measure it: proxy and gold reward, KL to the reference, win rate.
+
+    ``reference`` is as for :func:`kl_to_reference`; ``is_reference=True`` says ``model`` *is* the reference (the
+    SFT baseline), so its KL is 0 by definition. Returns the report (a dict of floats) and the replies.
+    """
+    from .sampling import generate
+
+    replies = generate(model, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
+                       temperature=profile.sample_temperature, batch_size=profile.generation_batch_size,
+                       seed=profile.seed if seed is None else seed)
+    if is_reference:
+        kl = torch.zeros(len(prompts))
+    else:
+        kl = kl_to_reference(model, tokenizer, prompts, replies, profile.max_length, reference)
+    report = {"proxy_reward": mean(score_fn(prompts, replies)), "kl": kl.mean().item(),
+              "reply_tokens": mean(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies)}
+    if gold_fn is not None:
+        gold = gold_fn(prompts, replies)
+        report["gold_reward"] = mean(gold)
+        if baseline_gold is not None:
+            report["win_rate_vs_sft"] = win_rate(gold, baseline_gold)
+    return report, replies
