@@ -1,0 +1,122 @@
+"""Training on rankings: RRHF and PRO, through the shared loop.
+
+Both methods read the same data, ``prompt / responses / scores`` (one prompt, several replies, a score each), and
+need the same numbers from the model: the summed log-prob and the length of every candidate. They differ only in
+the loss (:func:`rrhf_lite.losses.rrhf_loss`, :func:`rrhf_lite.losses.pro_loss`), so this module has one collator,
+one step function and one training function, and the method is an argument.
+
+**All candidates in one forward pass.** A batch of ``B`` prompts with ``n`` candidates each is flattened into one
+padded batch of ``B * n`` sequences; the log-probs are then folded back to ``[B, n]``. Prompts may have different
+numbers of candidates: missing slots are padding, marked in a ``valid`` mask, and never enter the loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from .loop import train
+from .losses import pro_loss, rrhf_loss
+from .models import count_parameters, load_for_training
+
+METHODS = ("rrhf", "pro")
+
+
+def tokenize_rankings(tokenizer, rankings, max_length: int) -> list[dict]:
+    """``prompt/responses/scores`` rows -> per row, every candidate tokenised with its response mask."""
+    return [{"candidates": [tokenize_pair(tokenizer, row["prompt"], r, max_length) for r in row["responses"]],
+             "scores": [float(s) for s in row["scores"]]}
+            for row in rankings]
+
+
+def collate_rankings(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Flatten ``B`` rankings into one right-padded batch of all their candidates, plus ``[B, n]`` rewards/valid."""
+    n = max(len(r["candidates"]) for r in rows)
+    batch = pad_batch([c for r in rows for c in r["candidates"]], pad_token_id)
+    rewards = torch.zeros(len(rows), n)
+    valid = torch.zeros(len(rows), n, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        rewards[b, :len(r["scores"])] = torch.tensor(r["scores"])
+        valid[b, :len(r["scores"])] = True
+    return {**batch, "rewards": rewards, "valid": valid}
+
+
+def fold(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Put one value per real candidate (flat, in row order) back into ``[B, n]`` slots; padding slots get 0."""
+    out = torch.zeros(valid.shape, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(valid, values)
+
+
+def ranking_step(model, batch: dict, loss_fn) -> tuple[torch.Tensor, dict]:
+    """One forward pass over every candidate, then the ranking loss on ``[B, n]`` log-prob sums and lengths."""
+    lp = sequence_logprobs(model, batch)
+    valid = batch["valid"]
+    sums, lengths = fold(lp.sum, valid), fold(lp.count, valid)
+    out = loss_fn(sums, lengths, batch["rewards"], valid=valid)
+    best = torch.where(valid, batch["rewards"], float("-inf")).argmax(dim=1, keepdim=True)
+    mean_logp = sums / lengths.clamp(min=1)
+    return out.loss, {"rank_loss": out.rank, "sft_loss": out.sft,
+                      "logp_best": mean_logp.gather(1, best).mean(),
+                      "logp_all": mean_logp[valid].mean()}
+
+
+def loss_function(profile, method: str):
+    """The method's loss with the profile's hyperparameters filled in."""
+    if method == "rrhf":
+        return functools.partial(rrhf_loss, length_penalty=profile.rrhf_length_penalty,
+                                 sft_weight=profile.rrhf_sft_weight)
+    if method == "pro":
+        return functools.partial(pro_loss, use_temperature=profile.pro_use_temperature,
+                                 sft_weight=profile.pro_sft_weight)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def shorten_rankings(rankings, length: int):
+    """Keep ``length`` candidates per prompt: the best, the worst, and evenly spaced ones between (by score).
+
+    ``length=2`` turns a ranking into the (best, worst) pair; PRO's paper compares such pairs with longer rankings.
+    """
+    if length < 2:
+        raise ValueError(f"a ranking needs at least 2 candidates, got length={length}")
+
+    def shorten(row):
+        order = sorted(range(len(row["scores"])), key=lambda i: -row["scores"][i])
+        if len(order) > length:
+            order = [order[round(k * (len(order) - 1) / (length - 1))] for k in range(length)]
+        return {key: [row[key][i] for i in order] for key in ("responses", "scores", "sources", "gold_scores")
+                if key in row}
+
+    return rankings.map(shorten)
+
+
+def train_ranking(profile, method: str, init_path, rankings, out_dir: Path, checkpoint_dir: Path | None = None,
+                  progress: bool = True) -> list[dict]:
+    """Train fresh LoRA adapters on ``init_path`` (the SFT model) with RRHF or PRO; save them in ``out_dir``.
+
+    Writes ``out_dir/adapter`` (load it with ``load_for_training(init_path, profile, adapter=...)``) and
+    ``out_dir/history.json``.
+    """
+    out_dir = Path(out_dir)
+    loss_fn = loss_function(profile, method)
+    model, tokenizer = load_for_training(init_path, profile, head="lm")
+    rows = tokenize_rankings(tokenizer, rankings, profile.max_length)
+    batches = torch.utils.data.DataLoader(
+        rows, batch_size=profile.ranking_batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(profile.seed),
+        collate_fn=functools.partial(collate_rankings, pad_token_id=tokenizer.pad_token_id))
+    history = train(model, batches, functools.partial(ranking_step, loss_fn=loss_fn),
+                    steps=profile.ranking_steps, lr=getattr(profile, f"{method}_lr"),
+                    warmup_steps=profile.ranking_warmup_steps,
+                    weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
+                    log_every=profile.log_every, checkpoint_dir=checkpoint_dir,
+                    checkpoint_every=5 * profile.log_every, seed=profile.seed, desc=method.upper(), progress=progress)
+    model.save_pretrained(out_dir / "adapter")
+    tokenizer.save_pretrained(out_dir / "adapter")
+    summary = {"method": method, "trainable_parameters": count_parameters(model, trainable_only=True),
+               "parameters": count_parameters(model), "history": history}
+    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    return history
