@@ -75,22 +75,24 @@ def win_rate(scores_a, scores_b) -> float:
 
 
 def kl_to_reference(model, tokenizer, prompts: list[str], replies: list[str], max_length: int,
-                    reference=None) -> torch.Tensor:
+                    reference=None, temperature: float = 1.0) -> torch.Tensor:
     """Per-sample estimate of KL(pi || pi_ref): ``log pi(y | x) - log pi_ref(y | x)`` for replies ``y ~ pi``.
 
     Its mean over samples drawn from ``model`` is an unbiased estimate of the sequence-level KL divergence (the
-    "k1" estimator; single samples can be negative, the mean is not in expectation). ``reference=None`` means
-    ``model`` is a LoRA (peft) model and the reference is the same model with its adapters disabled: no second
-    model in memory.
+    "k1" estimator; single samples can be negative, the mean is not in expectation). The replies must have been
+    sampled at ``temperature``, and both policies are read at that temperature: the policy that samples at T is
+    softmax(logits / T), and scoring its samples with T = 1 log-probs measures nothing in particular (it can be
+    negative). ``reference=None`` means ``model`` is a LoRA (peft) model and the reference is the same model with
+    its adapters disabled: no second model in memory.
     """
     from .logprobs import response_logprobs
 
-    logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length)
+    logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length, temperature=temperature)
     if reference is None:
         with model.disable_adapter():
-            ref_logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length)
+            ref_logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length, temperature=temperature)
     else:
-        ref_logp, _ = response_logprobs(reference, tokenizer, prompts, replies, max_length)
+        ref_logp, _ = response_logprobs(reference, tokenizer, prompts, replies, max_length, temperature=temperature)
     return logp - ref_logp
 
 
@@ -110,7 +112,8 @@ def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_
     if is_reference:
         kl = torch.zeros(len(prompts))
     else:
-        kl = kl_to_reference(model, tokenizer, prompts, replies, profile.max_length, reference)
+        kl = kl_to_reference(model, tokenizer, prompts, replies, profile.max_length, reference,
+                             temperature=profile.sample_temperature)
     report = {"proxy_reward": mean(score_fn(prompts, replies)), "kl": kl.mean().item(),
               "reply_tokens": mean(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies)}
     if gold_fn is not None:

@@ -104,11 +104,12 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float 
 
 @torch.no_grad()
 def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str], max_length: int,
-                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                      batch_size: int = 64, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``log pi(y | x)`` summed over each response's tokens, and their count, for many pairs; no gradients.
 
     What DPO's reference cache, perplexity filtering and KL estimates need. Returns two ``[len(prompts)]`` tensors
-    on the CPU. Perplexity is ``exp(-sum / count)``.
+    on the CPU. Perplexity is ``exp(-sum / count)``. ``temperature`` divides the logits (see
+    :func:`sequence_logprobs`): the policy that *samples* at temperature T is softmax(logits / T).
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -119,7 +120,7 @@ def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str]
         rows = [tokenize_pair(tokenizer, p, r, max_length)
                 for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
         batch = {k: v.to(model.device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
-        out = sequence_logprobs(model, batch)
+        out = sequence_logprobs(model, batch, temperature=temperature)
         sums.append(out.sum.cpu())
         counts.append(out.count.cpu())
     model.train(was_training)

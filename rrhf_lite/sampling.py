@@ -38,7 +38,10 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    # top_k=0 (and no other processor) so that T and top-p mean what they say: transformers otherwise keeps only the
+    # 50 most likely tokens, and a hub model's generation_config.json can add its own top-k or repetition penalty.
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0) \
+        if temperature > 0 else dict(do_sample=False)
     reply_ids: list[list[int]] = []
     ended: list[bool] = []
     try:
