@@ -2,24 +2,14 @@
 
 import pytest
 import torch
+from conftest import SMALL  # tests/conftest.py
 
 from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.losses import sft_loss
-from rrhf_lite.models import build_tiny_model, build_tokenizer, load_for_training, load_tokenizer, merge_adapter
+from rrhf_lite.models import load_for_training, load_tokenizer, merge_adapter
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.reward import collate_comparisons, reward_step, tokenize_comparisons
 from rrhf_lite.world import TinyWorld
-
-SMALL = dict(n_layer=2, hidden_size=64, intermediate_size=128, n_head=2, lora_r=4, lora_alpha=8)
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    tokenizer = build_tokenizer(TinyWorld(seed=0).dialogues(1000), vocab_size=400)
-    build_tiny_model(tokenizer, get_profile("tiny", **SMALL)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def sft_batch(tokenizer):

@@ -5,25 +5,15 @@ import functools
 import datasets
 import pytest
 import torch
+from conftest import SMALL  # tests/conftest.py
 
 from rrhf_lite.dpo import add_reference_logprobs, collate_preferences, dpo_step, tokenize_preferences
 from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.losses import pro_loss, rrhf_loss
-from rrhf_lite.models import build_tiny_model, build_tokenizer, load_for_training
+from rrhf_lite.models import load_for_training
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.ranking import collate_rankings, fold, loss_function, ranking_step, shorten_rankings, tokenize_rankings
 from rrhf_lite.world import TinyWorld
-
-SMALL = dict(n_layer=2, hidden_size=64, intermediate_size=128, n_head=2, lora_r=4, lora_alpha=8)
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    tokenizer = build_tokenizer(TinyWorld(seed=0).dialogues(1000), vocab_size=400)
-    build_tiny_model(tokenizer, get_profile("tiny", **SMALL)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def rankings(k_per_row=(3, 2)):
