@@ -46,6 +46,12 @@ METHOD_FIELDS = {
     "pro": RANKING_FIELDS + ("pro_lr", "pro_sft_weight", "pro_use_temperature", "pro_ranking_length"),
     "dpo": LORA_FIELDS + EVAL_FIELDS + ("dpo_steps", "dpo_batch_size", "dpo_lr", "dpo_warmup_steps", "dpo_beta",
                                         "dpo_loss_type", "dpo_label_smoothing", "ppl_quantile", "sample_prompts"),
+    "ppo": LORA_FIELDS + EVAL_FIELDS + REWARD_FIELDS + ("ppo_iterations", "ppo_rollout_prompts", "ppo_epochs",
+                                                        "ppo_minibatch_size", "ppo_lr", "ppo_clip_range",
+                                                        "ppo_value_clip_range", "ppo_vf_coef", "ppo_gamma", "ppo_lam",
+                                                        "ppo_kl_coef", "ppo_kl_estimator", "ppo_adaptive_kl",
+                                                        "ppo_kl_target", "ppo_kl_horizon", "ppo_no_eos_penalty",
+                                                        "ppo_value_init"),
 }
 DPO_DATA = ("pairs", "filtered", "labels")
 
@@ -273,13 +279,15 @@ def dpo_pairs(profile, data: str = "pairs"):
 
 
 def method_stage(profile, method: str, data: str = "pairs", force: bool = False) -> Path:
-    """Train and evaluate ``method`` ("rrhf", "pro" or "dpo") from the SFT model; returns the stage folder.
+    """Train and evaluate ``method`` ("rrhf", "pro", "dpo" or "ppo") from the SFT model; returns the stage folder.
 
     The folder holds ``adapter/`` (LoRA weights), ``history.json`` (training curves) and ``eval.json`` (gold and
     proxy reward, KL to the SFT model and win rate on held-out prompts, with the replies). ``data`` picks DPO's
-    pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03.
+    pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03; PPO samples its own replies and
+    scores them with the reward model of stage 02.
     """
     from .dpo import train_dpo
+    from .ppo import train_ppo
     from .ranking import shorten_rankings, train_ranking
 
     if method not in METHOD_FIELDS:
@@ -289,6 +297,8 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     def train_fn(out: Path, ckpt: Path) -> None:
         if method == "dpo":
             train_dpo(profile, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
+        elif method == "ppo":
+            train_ppo(profile, sft, reward_stage(profile), out, checkpoint_dir=ckpt)
         else:
             rankings = load_samples(profile, "rankings")
             if method == "pro" and profile.pro_ranking_length:

@@ -131,18 +131,18 @@ class Profile:
     # --- PPO (notebook 07): one base model, adapters for the rest ------------------------------------
     ppo_iterations: int = 40  # rounds of (sample a rollout, score it, several epochs of updates)
     ppo_rollout_prompts: int = 64  # training prompts per rollout, one sampled reply each
-    ppo_epochs: int = 2  # passes over each rollout
+    ppo_epochs: int = 3  # passes over each rollout
     ppo_minibatch_size: int = 16  # rollout replies per gradient step
-    ppo_lr: float = 1e-4  # peak learning rate of the policy adapters and the value head
+    ppo_lr: float = 5e-4  # peak learning rate of the policy adapters and the value head
     ppo_clip_range: float = 0.2  # epsilon of the clipped policy objective (Schulman et al. 2017)
     ppo_value_clip_range: float = 0.2  # clipping of value updates around the rollout's values
     ppo_vf_coef: float = 0.5  # weight of the value loss next to the policy loss
     ppo_gamma: float = 1.0  # discount; 1 = no discounting within a reply (Huang et al.)
     ppo_lam: float = 0.95  # GAE lambda
-    ppo_kl_coef: float = 0.05  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); start value if adaptive
+    ppo_kl_coef: float = 0.5  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); start value if adaptive
     ppo_kl_estimator: str = "k1"  # per-token KL estimate in the reward: "k1" (log-ratio) or "k3" (always >= 0)
     ppo_adaptive_kl: bool = True  # adapt beta towards ppo_kl_target (Ziegler et al. 2019); False keeps it fixed
-    ppo_kl_target: float = 2.0  # target sequence-level KL (nats) for the adaptive controller
+    ppo_kl_target: float = 0.5  # target sequence-level KL (nats): past ~0.6 the weak proxy hurts the gold score
     ppo_kl_horizon: int = 2_000  # controller horizon in replies: how fast beta reacts
     ppo_no_eos_penalty: float = -1.0  # score given instead of the reward model's to replies that never end
     ppo_value_init: str = "reward"  # value head initialised from the reward model's head ("reward") or at zero ("zero")

@@ -5,6 +5,7 @@ others load it (the cache is safe across the parallel test workers). The numbers
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -54,9 +55,12 @@ def test_best_of_n_gold_reward_rises_with_n(profile):
     assert abs(gold[0] - sft_gold(profile)) < 0.5  # n = 1 is plain sampling from the SFT model
 
 
-@pytest.mark.parametrize("method", ["rrhf", "pro", "dpo"])
+@pytest.mark.parametrize("method", ["rrhf", "pro", "dpo", "ppo"])
 def test_method_raises_mean_gold_reward_over_sft(profile, method):
-    report = json.loads((pipeline.method_stage(profile, method) / "eval.json").read_text())["report"]
+    stage = pipeline.method_stage(profile, method)
+    report = json.loads((stage / "eval.json").read_text())["report"]
+    history = json.loads((stage / "history.json").read_text())["history"]
+    assert all(math.isfinite(row["loss" if "loss" in row else "policy_loss"]) for row in history)
     assert report["gold_reward"] > sft_gold(profile) + 0.1, (method, report, sft_gold(profile))
     assert report["win_rate_vs_sft"] > 0.5
     assert report["kl"] > 0  # it moved away from the SFT model

@@ -1,0 +1,540 @@
+"""PPO for language models: RLHF as InstructGPT did it, small enough to read in one sitting.
+
+The reward model of stage 02 gives one number for a whole reply. PPO (Schulman et al. 2017), as Ziegler et al.
+(2019) and Ouyang et al. (2022) apply it to language models, turns that number into a learning signal for every
+token. The policy is the SFT model with fresh LoRA adapters; one *iteration* of training is:
+
+1. **Rollout.** Sample one reply per training prompt from the current policy at the sampling temperature T, and
+   record, for every reply token, its log-prob under the policy (``logp``), under the frozen SFT model (the
+   *reference*, ``ref_logp``) and the value head's prediction ``V_t``, all with the weights the samples came from.
+2. **Score.** The reward model scores each (prompt, reply), normalised to mean 0 and std 1 on SFT samples. A reply
+   that never emitted ``<|eos|>`` was cut off at ``max_new_tokens``; it gets a fixed penalty instead of a score.
+3. **Per-token rewards.** Every reply token pays for drifting away from the reference, and the last token also
+   receives the score::
+
+       r_t = -beta * KL_t  +  [t is the last reply token] * score,      KL_t = logp_t - ref_logp_t  ("k1")
+
+   Summed over a reply this is ``score - beta * KL(pi || pi_ref)``: the RL objective with a KL penalty that keeps
+   the policy near the SFT model, where the reward model's judgement can still be trusted.
+4. **Advantages.** GAE (gamma = 1, lambda = 0.95) turns rewards and values into an advantage per token (how much
+   better things went after choosing this token than the value head expected) and a return per token (the value
+   head's regression target). Advantages are whitened over the rollout: mean 0, std 1.
+5. **Update.** ``ppo_epochs`` passes over the rollout in shuffled minibatches; each step minimises the clipped
+   policy loss + ``vf_coef`` * the clipped value loss (:mod:`rrhf_lite.losses`), where "old" means the log-probs
+   and values recorded in step 1. The clipping is what allows several gradient steps on one rollout.
+6. **Adapt beta** (optional): raise beta when the rollout's KL is above ``ppo_kl_target``, lower it when below.
+
+The implementation details that matter (Huang et al. 2024, "The N implementation details of RLHF with PPO"), and
+where each one lives here:
+
+* **Sample and score at the same temperature.** The rollout is drawn from softmax(logits / T), so every log-prob
+  (old, new and reference) divides the logits by the same T (:func:`policy_forward`, :func:`reference_logprobs`);
+  with T = 1 in the log-probs, the ratio pi / pi_old would not be 1 even before the first update. For the same
+  reason the sampler must draw from exactly that softmax: no top-k, no top-p, no repetition penalty
+  (:func:`use_plain_sampling`).
+* **Log-probs of the sampled token ids.** The rollout batch is the prompt's token ids followed by the generated
+  ids, not the decoded text tokenised again (which can split differently).
+* **Pad is not eos, and unfinished replies are penalised** (``ppo_no_eos_penalty``).
+* **Normalised rewards**, a **value head initialised from the reward model** (or zero), **whitened advantages**,
+  **no dropout**, AdamW with eps 1e-5 and a learning rate that decays linearly to 0 over the run.
+
+Memory layout: one base model plays three parts.
+
+* *policy*: the SFT model + fresh LoRA adapters, the only weights (with the value head) that train;
+* *reference*: the same model inside ``with model.disable_adapter():``, which is exactly the SFT model because
+  the base weights are frozen; no second copy in memory;
+* *value*: a linear head on the policy's last hidden state (:class:`PolicyAndValue`): policy and value share the
+  whole network, so the value loss also trains the adapters (``vf_coef`` keeps it from dominating). The N-details
+  recipe uses a separate value network; sharing is what fits a 0.5B model with PPO on a free T4.
+
+The reward model is a second model: the SFT model with the reward adapter and head of stage 02, frozen.
+
+Dropout must be off (``lora_dropout = 0`` in the profiles, and Llama/Qwen have no other dropout): with dropout, the
+log-probs of the update would differ from the rollout's even before any weight changed, so the ratio, the clip
+fraction and approx_kl would measure noise, and the KL penalty would be paid on random masks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .logprobs import pad_batch, position_ids_from_mask, sequence_logprobs, token_logprobs
+from .loop import CHECKPOINT_FILE
+from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
+from .models import count_parameters, load_for_training
+from .reward import load_reward_model, normalise, score
+from .sampling import generate_tokens
+from .world import TinyWorld
+
+# --------------------------------------------------------------------------------------------------------------------
+# The models: policy + value head on one trunk, the reference by disabling the adapters, the reward model apart.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class PolicyAndValue(nn.Module):
+    """The policy (a peft LoRA causal LM) and a value head on its last hidden state: one forward pass, both outputs.
+
+    ``value_head`` is ``nn.Linear(hidden_size, 1)`` in float32 (also on 16-bit and 4-bit profiles, where the
+    hidden states are cast up first): value targets are rewards of order 1 and need the precision.
+    """
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(policy.config.hidden_size, 1, device=policy.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, T, vocab]`` and values ``[B, T]`` (``V_t``: the value of the text up to and including t)."""
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # the last layer, after the final norm
+        return out.logits, values
+
+
+def reward_head_weight(reward_model) -> torch.Tensor:
+    """The ``[1, hidden]`` weight of the trained scalar head of a reward model from :func:`load_reward_model`.
+
+    peft keeps the trained head as a copy beside the original (``modules_to_save``); the active copy is the one the
+    reward model uses.
+    """
+    head = reward_model.get_base_model().score
+    if hasattr(head, "modules_to_save"):
+        head = head.modules_to_save[head.active_adapters[0]]
+    return head.weight.detach().float()
+
+
+@torch.no_grad()
+def init_value_head(value_head: nn.Linear, how: str, reward_model=None, stats: dict | None = None) -> None:
+    """Initialise the value head: ``"zero"`` or ``"reward"`` (``profile.ppo_value_init``).
+
+    * ``"zero"``: V = 0 everywhere at the start. The first advantages are then the raw returns; the value head
+      must first learn the scale of the rewards, and its early loss is large.
+    * ``"reward"``: copy the reward model's head, rescaled by the normalisation statistics, so that
+      ``w . h = (r_head . h - mean) / std`` predicts the *normalised* reward PPO is trained on:
+      ``weight = r_head / std``, ``bias = -mean / std``. It is a warm start, not a copy of the reward model: the head
+      now reads the policy's hidden states, which differ from the reward model's by the reward adapter. (The
+      N-details recipe copies the whole reward network into a separate value network.)
+    """
+    if how == "zero":
+        value_head.weight.zero_()
+        value_head.bias.zero_()
+    elif how == "reward":
+        stats = stats or {"mean": 0.0, "std": 1.0}
+        value_head.weight.copy_(reward_head_weight(reward_model) / stats["std"])
+        value_head.bias.fill_(-stats["mean"] / stats["std"])
+    else:
+        raise ValueError(f"ppo_value_init must be 'reward' or 'zero', got {how!r}")
+
+
+def use_plain_sampling(policy) -> None:
+    """Make ``generate`` sample from exactly softmax(logits / T): no top-k, no top-p, no repetition penalty.
+
+    ``transformers`` applies top-k = 50 when nothing says otherwise (``generate(do_sample=True)`` alone does not
+    turn it off), and a hub model's ``generation_config.json`` may
+    set more (Qwen's chat models: top-k 20, top-p 0.8, a repetition penalty). PPO's log-probs are of the full
+    softmax, so a sampler that cuts the tail would draw from another distribution than the one being trained.
+    """
+    config = policy.get_base_model().generation_config
+    config.top_k, config.top_p, config.repetition_penalty = 0, 1.0, 1.0  # top_k = 0 (not None) turns top-k off
+    config.do_sample = True  # generate_tokens passes do_sample itself; this only keeps transformers from warning
+
+
+def make_reward_fn(reward_model, tokenizer, stats: dict, max_length: int):
+    """``reward_fn(prompts, replies) -> [B]`` normalised reward-model scores (a tensor on the CPU)."""
+
+    def reward_fn(prompts: list[str], replies: list[str]) -> torch.Tensor:
+        return normalise(score(reward_model, tokenizer, prompts, replies, max_length), stats)
+
+    return reward_fn
+
+
+def load_models(profile, sft_dir: Path, reward_dir: Path):
+    """Policy + value head, tokenizer, and the reward function. Returns ``(model, tokenizer, reward_fn)``.
+
+    The policy is ``sft_dir / "model"`` with fresh LoRA adapters (``load_for_training`` also turns off the 4-bit
+    repacking that breaks gradients on some CPUs, see :func:`rrhf_lite.models.disable_cpu_4bit_repacking`).
+    """
+    if profile.lora_dropout:
+        warnings.warn(f"lora_dropout = {profile.lora_dropout}: PPO expects no dropout (see rrhf_lite.ppo)",
+                      stacklevel=2)
+    torch.manual_seed(profile.seed)  # LoRA's A matrices start random
+    policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
+    use_plain_sampling(policy)
+    model = PolicyAndValue(policy)
+    reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
+    stats = json.loads((reward_dir / "normalisation.json").read_text())
+    init_value_head(model.value_head, profile.ppo_value_init, reward_model, stats)
+    return model, tokenizer, make_reward_fn(reward_model, reward_tokenizer, stats, profile.max_length)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Forward passes. Per-token tensors are [B, T - 1]: position t holds what concerns token t + 1 (the token chosen
+# there), as in rrhf_lite.logprobs; the mask is 1 where token t + 1 belongs to the reply.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def policy_forward(model: PolicyAndValue, batch: dict[str, torch.Tensor],
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass of policy and value. Returns ``(logits, logprobs, values)``, each cut to ``[B, T - 1]``.
+
+    ``logits`` (divided by ``temperature``) predict each next token; ``logprobs`` is the log-prob of the token that
+    is actually there; ``values[:, t]`` is the value of the state in which token t + 1 was chosen. The last two are
+    0 outside the reply.
+    """
+    logits, values = model(batch["input_ids"], batch["attention_mask"])
+    logits = logits[:, :-1].float() / temperature
+    mask = batch["response_mask"][:, 1:].to(logits.dtype)
+    logprobs = token_logprobs(logits, batch["input_ids"][:, 1:]) * mask
+    return logits, logprobs, values[:, :-1] * mask
+
+
+@torch.no_grad()
+def reference_logprobs(model: PolicyAndValue, batch: dict[str, torch.Tensor], temperature: float):
+    """Log-probs under the reference, the SFT model: the policy with its LoRA adapters switched off.
+
+    Returns :class:`rrhf_lite.logprobs.SequenceLogprobs`. Valid because the base weights never train.
+    """
+    with model.policy.disable_adapter():
+        return sequence_logprobs(model.policy, batch, temperature)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution softmax(logits) at every position, in nats: ``[B, T - 1]``."""
+    logps = F.log_softmax(logits, dim=-1)
+    return -(logps.exp() * logps).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rollout
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One reply per prompt from the current policy, and everything PPO records about it before updating."""
+
+    prompts: list[str]
+    replies: list[str]  # decoded, without special tokens: what the reward model and the gold judge read
+    reply_ids: list[list[int]]  # the sampled token ids, up to and including <|eos|>
+    ended: torch.Tensor  # [B] bool: the reply emitted <|eos|>
+    batch: dict[str, torch.Tensor]  # input_ids, attention_mask, response_mask [B, T]: prompt + reply, right-padded
+    mask: torch.Tensor  # [B, T - 1] 1 where position t predicts a reply token
+    logprobs: torch.Tensor  # [B, T - 1] log pi_old(token) at the sampling temperature
+    ref_logprobs: torch.Tensor  # [B, T - 1] log pi_ref(token) at the sampling temperature
+    values: torch.Tensor  # [B, T - 1] V_old
+    entropy: torch.Tensor  # [B, T - 1] entropy of pi_old at the sampling temperature
+    rm_scores: torch.Tensor  # [B] normalised reward-model scores
+    scores: torch.Tensor  # [B] what PPO is trained on: the RM score, or the penalty for a reply without eos
+
+
+def rollout_batch(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Prompt token ids + sampled reply ids, right-padded, with a response mask on the reply tokens.
+
+    The prompt is tokenised as ``generate`` tokenised it, so the ids are exactly the ones the reply was sampled
+    after.
+    """
+    rows = []
+    for prompt, reply in zip(prompts, reply_ids):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        rows.append({"input_ids": prompt_ids + reply, "response_mask": [0] * len(prompt_ids) + [1] * len(reply)})
+    return pad_batch(rows, tokenizer.pad_token_id, side="right")
+
+
+def score_replies(reward_fn, prompts: list[str], replies: list[str], ended: torch.Tensor,
+                  no_eos_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rm_scores, scores)``: the reward model's normalised scores, and the same with every reply that never
+    emitted ``<|eos|>`` given ``no_eos_penalty`` instead.
+
+    An unfinished reply was cut off by ``max_new_tokens``; the reward model would judge the text so far as if it
+    were complete (its input gets an ``<|eos|>`` appended), and rambling past the limit could even pay.
+    """
+    rm_scores = torch.as_tensor(reward_fn(prompts, replies), dtype=torch.float32)
+    return rm_scores, torch.where(ended, rm_scores, torch.tensor(no_eos_penalty))
+
+
+@torch.no_grad()
+def collect_rollout(model: PolicyAndValue, tokenizer, reward_fn, prompts: list[str], profile, *, seed: int) -> Rollout:
+    """Sample one reply per prompt, then record log-probs, reference log-probs, values and scores."""
+    temperature = profile.sample_temperature
+    # load_for_training has turned off bitsandbytes' CPU repacking of 4-bit weights: on CPUs with AVX512-BF16, the
+    # repacking that generate triggers would otherwise make every later gradient through the 4-bit layers zero.
+    generation = generate_tokens(model.policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
+                                 temperature=temperature, top_p=1.0, batch_size=profile.generation_batch_size,
+                                 seed=seed)
+    device = model.value_head.weight.device
+    batch = {k: v.to(device) for k, v in rollout_batch(tokenizer, prompts, generation.reply_ids).items()}
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(prompts), profile.ppo_minibatch_size):  # a few rows at a time: logits are large
+        chunk = {k: v[start:start + profile.ppo_minibatch_size] for k, v in batch.items()}
+        logits, logprobs, values = policy_forward(model, chunk, temperature)
+        ref = reference_logprobs(model, chunk, temperature)
+        mask = ref.mask
+        for key, value in (("mask", mask), ("logprobs", logprobs), ("ref_logprobs", ref.token_logps),
+                           ("values", values), ("entropy", entropy(logits) * mask)):
+            parts.setdefault(key, []).append(value)
+    model.train(was_training)
+    replies = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generation.reply_ids]
+    ended = torch.tensor(generation.ended)
+    rm_scores, scores = score_replies(reward_fn, prompts, replies, ended, profile.ppo_no_eos_penalty)
+    return Rollout(prompts=list(prompts), replies=replies, reply_ids=generation.reply_ids, ended=ended, batch=batch,
+                   rm_scores=rm_scores, scores=scores.to(device), **{k: torch.cat(v) for k, v in parts.items()})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rewards, the KL coefficient, advantages
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def token_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, *,
+                  beta: float, estimator: str = "k1") -> torch.Tensor:
+    """Per-token rewards ``[B, T]``: ``-beta * KL_t`` on every reply token, plus the score on the last one.
+
+    ``KL_t`` is :func:`rrhf_lite.losses.kl_penalty` (``"k1"``: ``logp - ref_logp``). Positions outside ``mask``
+    (prompt and padding) get 0. The mask must mark at least one token per row.
+    """
+    mask = mask.bool()
+    rewards = torch.where(mask, -beta * kl_penalty(logprobs, ref_logprobs, estimator), 0.0)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask, positions, -1).amax(dim=1)  # index of each row's last reply token
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += scores
+    return rewards
+
+
+@dataclass
+class FixedKLController:
+    """beta stays where it started."""
+
+    beta: float
+
+    def update(self, kl: float, n_steps: int) -> None:
+        pass
+
+
+@dataclass
+class AdaptiveKLController:
+    """Steer beta so that the KL per reply approaches ``target`` (Ziegler et al. 2019, sec. 2.2)::
+
+        error = clip(KL / target - 1, -0.2, 0.2)
+        beta <- beta * (1 + error * n_steps / horizon)
+
+    ``n_steps`` is the number of replies the KL was measured on, and ``horizon`` sets how many replies it takes for
+    beta to move: the clip limits each update to a change of at most 20% * n_steps / horizon, so one unusual rollout
+    cannot swing it.
+    """
+
+    beta: float
+    target: float
+    horizon: int
+
+    def update(self, kl: float, n_steps: int) -> None:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.beta *= 1.0 + error * n_steps / self.horizon
+
+
+def kl_controller(profile) -> FixedKLController | AdaptiveKLController:
+    """The controller the profile asks for, starting at ``ppo_kl_coef``."""
+    if profile.ppo_adaptive_kl:
+        return AdaptiveKLController(profile.ppo_kl_coef, profile.ppo_kl_target, profile.ppo_kl_horizon)
+    return FixedKLController(profile.ppo_kl_coef)
+
+
+def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float,
+                           lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE, then whitened advantages (over the whole rollout). The returns are the unwhitened ``A + V``."""
+    advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
+    return whiten(advantages, mask), returns
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The update
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def take_rows(rollout: Rollout, rows: torch.Tensor,
+              *per_token: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """A minibatch: the rollout batch's ``rows`` and the same rows of each ``[B, T - 1]`` tensor in ``per_token``,
+    all cut to the longest of these rows (the batch is right-padded, so only padding is cut)."""
+    rows = rows.to(rollout.mask.device)
+    batch = {k: v[rows] for k, v in rollout.batch.items()}
+    width = int(batch["attention_mask"].sum(1).max())
+    return {k: v[:, :width] for k, v in batch.items()}, [t[rows, :width - 1] for t in per_token]
+
+
+def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout: Rollout, advantages: torch.Tensor,
+               returns: torch.Tensor, profile, *, iteration: int, generator: torch.Generator) -> dict[str, float]:
+    """``ppo_epochs`` passes over the rollout in shuffled minibatches; returns the mean of each loss and diagnostic.
+
+    Each step: loss = clipped policy loss + ``ppo_vf_coef`` * clipped value loss, gradients clipped to
+    ``max_grad_norm``. A non-finite loss stops training before the step, naming the iteration.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    logged: dict[str, list[float]] = {}
+    for epoch in range(profile.ppo_epochs):
+        for rows in torch.randperm(len(rollout.prompts), generator=generator).split(profile.ppo_minibatch_size):
+            batch, (mask, old_logprobs, old_values, advantages_, returns_) = take_rows(
+                rollout, rows, rollout.mask, rollout.logprobs, rollout.values, advantages, returns)
+            _, logprobs, values = policy_forward(model, batch, profile.sample_temperature)
+            policy_loss, clip_fraction, approx_kl = ppo_policy_loss(
+                logprobs, old_logprobs, advantages_, mask, clip_range=profile.ppo_clip_range)
+            value_loss, value_clip_fraction = ppo_value_loss(
+                values, old_values, returns_, mask, clip_range=profile.ppo_value_clip_range)
+            loss = policy_loss + profile.ppo_vf_coef * value_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"PPO: loss is {loss.item()} at iteration {iteration + 1} (epoch {epoch + 1});"
+                                         f" stopped before the weights were corrupted (lower ppo_lr, or check the "
+                                         f"rewards)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, profile.max_grad_norm)
+            optimizer.step()
+            for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
+                               ("clip_fraction", clip_fraction), ("value_clip_fraction", value_clip_fraction),
+                               ("approx_kl", approx_kl), ("grad_norm", grad_norm)):
+                logged.setdefault(key, []).append(float(value.detach()))
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return {k: sum(v) / len(v) for k, v in logged.items()}
+
+
+def rollout_metrics(rollout: Rollout, gold_fn=None) -> dict[str, float | None]:
+    """What a rollout says about the policy that sampled it (before the update).
+
+    * ``proxy_reward``: mean normalised reward-model score of the replies (penalty not applied);
+      ``score``: mean of what PPO optimised (with the no-eos penalty);
+    * ``gold_reward``: the gold judge's mean (tiny world only, else None), on the *training* prompts;
+    * ``kl``: mean over replies of sum_t (log pi - log pi_ref) at the sampling temperature: the KL the penalty and
+      the controller see, of the tempered policy from the tempered SFT model;
+    * ``entropy``: mean per-token entropy of the policy at the sampling temperature;
+    * ``ended``: share of replies that emitted eos; ``reply_tokens``: mean reply length (eos included).
+    """
+    mask = rollout.mask.bool()
+    kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.mask).sum(-1)
+    gold = None if gold_fn is None else sum(gold_fn(rollout.prompts, rollout.replies)) / len(rollout.prompts)
+    return {"proxy_reward": rollout.rm_scores.mean().item(), "score": rollout.scores.mean().item(),
+            "gold_reward": gold, "kl": kl.mean().item(),
+            "entropy": (rollout.entropy.sum() / mask.sum()).item(), "ended": rollout.ended.float().mean().item(),
+            "reply_tokens": sum(len(ids) for ids in rollout.reply_ids) / len(rollout.reply_ids)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training: prompts, checkpoints, the loop
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def training_prompts(profile, tokenizer, n: int) -> list[str]:
+    """``n`` training prompts: the tiny world's train split, or HH-RLHF's train prompts on real profiles.
+
+    Prompts too long to leave room for ``max_new_tokens`` within ``max_length`` are dropped, and the rest repeated
+    to make up ``n``.
+    """
+    from . import pipeline  # imported here: pipeline imports this module too
+
+    if pipeline.is_tiny_world(profile):
+        prompts = TinyWorld.from_profile(profile).sample_prompts(n, "train")
+    else:
+        prompts = list(pipeline.preference_data(profile, "train", n)["prompt"])
+    room = profile.max_length - profile.max_new_tokens
+    fitting = [p for p in prompts if len(tokenizer(p)["input_ids"]) <= room]
+    if not fitting:
+        raise ValueError(f"no training prompt fits in max_length - max_new_tokens = {room} tokens")
+    return list(itertools.islice(itertools.cycle(fitting), n))
+
+
+def save_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller, iteration: int,
+                    history: list[dict]) -> None:
+    """Everything needed to resume after ``iteration`` iterations, written atomically to ``path/checkpoint.pt``."""
+    path.mkdir(parents=True, exist_ok=True)
+    state = {"iteration": iteration, "history": history, "beta": controller.beta,
+             "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    tmp = path / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path / CHECKPOINT_FILE)
+
+
+def load_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller) -> tuple[int, list[dict]]:
+    """Restore what :func:`save_checkpoint` wrote; returns ``(iteration, history)``."""
+    state = torch.load(path / CHECKPOINT_FILE, weights_only=False)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state["trainable"]) != expected:
+        raise ValueError(f"checkpoint {path} does not match the model's trainable parameters")
+    model.load_state_dict(state["trainable"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    controller.beta = state["beta"]
+    torch.set_rng_state(state["torch_rng"])
+    return state["iteration"], state["history"]
+
+
+def train_ppo(profile, sft_dir, reward_dir, out_dir, *, checkpoint_dir=None, checkpoint_every: int = 5,
+              progress: bool = True) -> list[dict]:
+    """Train fresh LoRA adapters and a value head on the SFT model with PPO against the reward model of stage 02.
+
+    Runs ``profile.ppo_iterations`` iterations of ``ppo_rollout_prompts`` prompts each (see the module docstring)
+    and writes ``out_dir/adapter`` (the policy's LoRA adapter and the tokenizer), ``out_dir/value_head.pt`` and
+    ``out_dir/history.json``. With ``checkpoint_dir``, state is saved every ``checkpoint_every`` iterations and a
+    call with the same folder resumes there, ending with the same numbers as an uninterrupted run.
+
+    Returns the history: one dict per iteration (``pandas.DataFrame(history)``), with the rollout's
+    :func:`rollout_metrics`, the update's mean losses and diagnostics, and the ``beta`` and ``lr`` it used.
+    """
+    from .pipeline import gold_scorer
+
+    sft_dir, reward_dir, out_dir = Path(sft_dir), Path(reward_dir), Path(out_dir)
+    model, tokenizer, reward_fn = load_models(profile, sft_dir, reward_dir)
+    gold_fn = gold_scorer(profile)
+    n, iterations = profile.ppo_rollout_prompts, profile.ppo_iterations
+    prompts = training_prompts(profile, tokenizer, n * iterations)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile.ppo_lr, eps=1e-5,
+                                  weight_decay=profile.weight_decay)
+    controller = kl_controller(profile)
+
+    start, history = 0, []
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    if checkpoint_dir and (checkpoint_dir / CHECKPOINT_FILE).exists():
+        start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller)
+        print(f"PPO: resuming after iteration {start} ({checkpoint_dir})")
+
+    bar = tqdm(range(start, iterations), desc="PPO", disable=not progress, initial=start, total=iterations)
+    for iteration in bar:
+        lr = profile.ppo_lr * (1 - iteration / iterations)  # linear decay to 0 over the run
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seed = profile.seed + iteration  # each iteration's sampling and shuffling depend on nothing else
+        rollout = collect_rollout(model, tokenizer, reward_fn, prompts[iteration * n:(iteration + 1) * n], profile,
+                                  seed=seed)
+        beta = controller.beta
+        rewards = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.mask, beta=beta,
+                                estimator=profile.ppo_kl_estimator)
+        advantages, returns = advantages_and_returns(rewards, rollout.values, rollout.mask, gamma=profile.ppo_gamma,
+                                                     lam=profile.ppo_lam)
+        row = {"iteration": iteration + 1, **rollout_metrics(rollout, gold_fn), "beta": beta, "lr": lr}
+        row.update(ppo_update(model, optimizer, rollout, advantages, returns, profile, iteration=iteration,
+                              generator=torch.Generator().manual_seed(seed)))
+        controller.update(row["kl"], n)
+        history.append(row)
+        bar.set_postfix(proxy=f"{row['proxy_reward']:.2f}", kl=f"{row['kl']:.2f}")
+        done = iteration + 1
+        if checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done < iterations:
+            save_checkpoint(checkpoint_dir, model, optimizer, controller, done, history)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.policy.save_pretrained(out_dir / "adapter")
+    tokenizer.save_pretrained(out_dir / "adapter")
+    torch.save(model.value_head.state_dict(), out_dir / "value_head.pt")
+    summary = {"method": "ppo", "trainable_parameters": count_parameters(model, trainable_only=True),
+               "parameters": count_parameters(model), "history": history}
+    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    return history

@@ -1,0 +1,264 @@
+"""PPO: per-token rewards, the KL controller, the one-model memory layout, and short runs on a small model."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import SMALL, save_small_model  # tests/conftest.py
+from transformers import AutoModelForCausalLM
+
+from rrhf_lite import ppo
+from rrhf_lite.logprobs import sequence_logprobs, tokenize_pair
+from rrhf_lite.loop import CHECKPOINT_FILE
+from rrhf_lite.models import load_for_training
+from rrhf_lite.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    PolicyAndValue,
+    collect_rollout,
+    init_value_head,
+    kl_controller,
+    make_reward_fn,
+    policy_forward,
+    ppo_update,
+    reference_logprobs,
+    reward_head_weight,
+    rollout_batch,
+    score_replies,
+    token_rewards,
+    train_ppo,
+)
+from rrhf_lite.profiles import get_profile
+from rrhf_lite.reward import load_reward_model
+from rrhf_lite.world import TinyWorld
+
+# A run small enough for a test: 8 prompts per rollout, short replies.
+RUN = dict(SMALL, ppo_iterations=2, ppo_rollout_prompts=8, ppo_minibatch_size=4, ppo_epochs=1, max_new_tokens=8)
+STATS = {"mean": 0.5, "std": 2.0}
+HISTORY_KEYS = {"iteration", "proxy_reward", "score", "gold_reward", "kl", "beta", "lr", "approx_kl",
+                "clip_fraction", "value_loss", "policy_loss", "entropy", "ended", "reply_tokens"}
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """A small "SFT model" (``sft/model``) and a reward model on it (``reward/adapter``, normalisation.json)."""
+    root = tmp_path_factory.mktemp("ppo")
+    model_dir, reward_dir = root / "sft" / "model", root / "reward"
+    save_small_model(model_dir)
+    reward_model, reward_tokenizer = load_for_training(model_dir, get_profile("tiny", **SMALL), head="reward")
+    reward_model.save_pretrained(reward_dir / "adapter")
+    reward_tokenizer.save_pretrained(reward_dir / "adapter")
+    (reward_dir / "normalisation.json").write_text(json.dumps(STATS))
+    return root / "sft", reward_dir
+
+
+def small_policy(stages) -> tuple[PolicyAndValue, object]:
+    policy, tokenizer = load_for_training(stages[0] / "model", get_profile("tiny", **SMALL))
+    return PolicyAndValue(policy), tokenizer
+
+
+def perturb_adapters(model) -> None:
+    """Fresh LoRA adapters are zero (B = 0); give them weights so the policy differs from the reference."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+
+
+def some_batch(tokenizer, n=3):
+    prompts = TinyWorld(seed=0).sample_prompts(n)
+    replies = [tokenizer(" Boil fresh water.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+               tokenizer(" No.", add_special_tokens=False)["input_ids"],  # a reply without eos
+               tokenizer(" Sure. Pour it.", add_special_tokens=False)["input_ids"]][:n]
+    return rollout_batch(tokenizer, prompts, replies), replies
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rewards and the KL coefficient, by hand
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_token_rewards_hand_example():
+    # Row 0: a prompt position, 2 reply tokens, 1 padding position; row 1: a prompt position, 3 reply tokens.
+    # Garbage (9.0) outside the mask must not leak into the rewards.
+    logprobs = torch.tensor([[9.0, -1.0, -2.0, 9.0], [9.0, -0.5, -1.5, -3.0]])
+    ref = torch.tensor([[0.0, -1.5, -1.0, 0.0], [0.0, -0.5, -2.5, -1.0]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1]])
+    scores = torch.tensor([2.0, -1.0])
+    # k1 = logp - ref_logp: row 0 (0.5, -1.0), row 1 (0.0, 1.0, -2.0); reward -0.1 * k1, + score on the last token.
+    rewards = token_rewards(logprobs, ref, scores, mask, beta=0.1)
+    assert rewards[0].tolist() == pytest.approx([0.0, -0.05, 0.1 + 2.0, 0.0])
+    assert rewards[1].tolist() == pytest.approx([0.0, 0.0, -0.1, 0.2 - 1.0])
+    # Summed over a reply: score - beta * KL.
+    assert rewards.sum(1).tolist() == pytest.approx([2.0 - 0.1 * (0.5 - 1.0), -1.0 - 0.1 * (0.0 + 1.0 - 2.0)])
+    # k3 = (r - 1) - log r with r = exp(ref - logp): never negative.
+    k3 = token_rewards(logprobs, ref, torch.zeros(2), mask, beta=1.0, estimator="k3")
+    assert k3[0, 1].item() == pytest.approx(-(math.exp(-0.5) - 1 + 0.5))
+    assert (k3 <= 0).all()
+
+
+def test_adaptive_kl_controller_hand_values_and_clip():
+    c = AdaptiveKLController(beta=0.1, target=2.0, horizon=100)
+    c.update(kl=2.2, n_steps=10)  # error 0.1: beta * (1 + 0.1 * 10 / 100)
+    assert c.beta == pytest.approx(0.1 * 1.01)
+    c.update(kl=3.0, n_steps=10)  # error 0.5, clipped to 0.2
+    assert c.beta == pytest.approx(0.1 * 1.01 * 1.02)
+    c.update(kl=0.0, n_steps=50)  # error -1, clipped to -0.2: beta * (1 - 0.2 * 0.5)
+    assert c.beta == pytest.approx(0.1 * 1.01 * 1.02 * 0.9)
+    fixed = FixedKLController(beta=0.1)
+    fixed.update(kl=100.0, n_steps=1000)
+    assert fixed.beta == 0.1
+    assert isinstance(kl_controller(get_profile("tiny", ppo_adaptive_kl=False)), FixedKLController)
+    adaptive = kl_controller(get_profile("tiny", ppo_kl_coef=0.2, ppo_kl_target=3.0, ppo_kl_horizon=500))
+    assert (adaptive.beta, adaptive.target, adaptive.horizon) == (0.2, 3.0, 500)
+
+
+def test_a_reply_without_eos_gets_the_penalty():
+    rm_scores, scores = score_replies(lambda prompts, replies: [0.3, 0.7], ["p", "q"], ["a", "b"],
+                                      torch.tensor([True, False]), no_eos_penalty=-1.0)
+    assert rm_scores.tolist() == pytest.approx([0.3, 0.7])
+    assert scores.tolist() == pytest.approx([0.3, -1.0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One base model: reference = adapters disabled; value head from the reward head
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_reference_is_the_plain_base_model_even_after_the_adapters_moved(stages):
+    model, tokenizer = small_policy(stages)
+    perturb_adapters(model)
+    batch, _ = some_batch(tokenizer)
+    plain = AutoModelForCausalLM.from_pretrained(stages[0] / "model").eval()
+    model.eval()
+    ref = reference_logprobs(model, batch, temperature=0.7).token_logps
+    with torch.no_grad():
+        expected = sequence_logprobs(plain, batch, temperature=0.7).token_logps
+        policy = policy_forward(model, batch, temperature=0.7)[1]  # after the reference: adapters are back on
+    assert torch.allclose(ref, expected, atol=1e-5)
+    assert not torch.allclose(policy, expected, atol=1e-3)  # the policy itself has moved
+
+
+def test_value_head_starts_as_the_normalised_reward_head(stages):
+    model, _ = small_policy(stages)
+    reward_model, reward_tokenizer = load_reward_model(stages[0] / "model", stages[1] / "adapter",
+                                                       get_profile("tiny", **SMALL))
+    init_value_head(model.value_head, "reward", reward_model, STATS)
+    head = reward_head_weight(reward_model)
+    assert head.shape == (1, 64) and head.abs().sum() > 0
+    assert torch.equal(model.value_head.weight, head / STATS["std"])
+    assert model.value_head.bias.item() == pytest.approx(-STATS["mean"] / STATS["std"])
+    # Reading the reward model's own hidden state, the value head gives the normalised reward exactly.
+    prompts, replies = TinyWorld(seed=0).sample_prompts(2), [" Boil fresh water.", " No."]
+    normalised = make_reward_fn(reward_model, reward_tokenizer, STATS, 128)(prompts, replies)
+    with torch.no_grad():
+        last_hidden = torch.stack([
+            reward_model(input_ids=torch.tensor([tokenize_pair(reward_tokenizer, p, r, 128)["input_ids"]]),
+                         output_hidden_states=True).hidden_states[-1][0, -1]
+            for p, r in zip(prompts, replies)])
+        assert torch.allclose(model.value_head(last_hidden).squeeze(-1), normalised, atol=1e-5)
+    init_value_head(model.value_head, "zero")
+    assert model.value_head.weight.abs().sum() == 0 and model.value_head.bias.item() == 0
+    with pytest.raises(ValueError, match="ppo_value_init"):
+        init_value_head(model.value_head, "random")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A rollout and one update
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_rollout_records_the_sampled_tokens_and_penalises_unfinished_replies(stages):
+    profile = get_profile("tiny", **RUN, ppo_no_eos_penalty=-3.0)
+    model, tokenizer = small_policy(stages)
+    reward_model, reward_tokenizer = load_reward_model(stages[0] / "model", stages[1] / "adapter", profile)
+    reward_fn = make_reward_fn(reward_model, reward_tokenizer, STATS, profile.max_length)
+    prompts = TinyWorld(seed=0).sample_prompts(6)
+    rollout = collect_rollout(model, tokenizer, reward_fn, prompts, profile, seed=0)
+    assert rollout.mask.sum(1).tolist() == [len(ids) for ids in rollout.reply_ids]
+    # An untrained model rarely says <|eos|> within 8 tokens: unfinished replies get the penalty, not their score.
+    assert (~rollout.ended).any()
+    assert torch.equal(rollout.scores, torch.where(rollout.ended, rollout.rm_scores, -3.0))
+    assert rollout.ended.tolist() == [ids[-1] == tokenizer.eos_token_id for ids in rollout.reply_ids]
+    # Fresh adapters: the policy is the reference; and the first update step starts at ratio 1.
+    assert torch.allclose(rollout.logprobs, rollout.ref_logprobs, atol=1e-5)
+    with torch.no_grad():
+        again = policy_forward(model, rollout.batch, profile.sample_temperature)[1]
+    assert torch.allclose(again, rollout.logprobs, atol=1e-5)
+
+
+def test_one_update_changes_only_the_adapters_and_the_value_head(stages):
+    profile = get_profile("tiny", **RUN)
+    model, tokenizer = small_policy(stages)
+    reward_model, reward_tokenizer = load_reward_model(stages[0] / "model", stages[1] / "adapter", profile)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("value_head.") for n in trainable)
+    assert not any(p.requires_grad for p in reward_model.parameters())
+    rollout = collect_rollout(model, tokenizer, make_reward_fn(reward_model, reward_tokenizer, STATS, 128),
+                              TinyWorld(seed=0).sample_prompts(8), profile, seed=0)
+    rewards = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.mask, beta=0.05)
+    advantages, returns = ppo.advantages_and_returns(rewards, rollout.values, rollout.mask, gamma=1.0, lam=0.95)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reward_before = {n: p.detach().clone() for n, p in reward_model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+    metrics = ppo_update(model, optimizer, rollout, advantages, returns, profile, iteration=0,
+                         generator=torch.Generator().manual_seed(0))
+    assert all(math.isfinite(v) for v in metrics.values())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable
+    assert {"value_head.weight", "value_head.bias"} <= changed and any("lora_B" in n for n in changed)
+    assert all(torch.equal(p, reward_before[n]) for n, p in reward_model.named_parameters())
+    assert all(p.grad is None for p in reward_model.parameters())
+
+
+def test_a_non_finite_loss_stops_naming_the_iteration(stages):
+    profile = get_profile("tiny", **RUN)
+    model, tokenizer = small_policy(stages)
+    rollout = collect_rollout(model, tokenizer, lambda p, r: torch.zeros(len(p)), TinyWorld(seed=0).sample_prompts(4),
+                              profile, seed=0)
+    returns = torch.full_like(rollout.values, float("nan"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    with pytest.raises(FloatingPointError, match="iteration 7"):
+        ppo_update(model, optimizer, rollout, torch.zeros_like(returns), returns, profile, iteration=6,
+                   generator=torch.Generator().manual_seed(0))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole runs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_two_iterations_end_to_end(stages, tmp_path):
+    history = train_ppo(get_profile("tiny", **RUN), *stages, tmp_path / "out", progress=False)
+    assert [row["iteration"] for row in history] == [1, 2]
+    for row in history:
+        assert HISTORY_KEYS <= set(row)
+        assert all(math.isfinite(v) for v in row.values())
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from the reference itself
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+    assert set(torch.load(tmp_path / "out" / "value_head.pt")) == {"weight", "bias"}
+    saved = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert saved["history"] == history and 0 < saved["trainable_parameters"] < saved["parameters"]
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch):
+    profile = get_profile("tiny", **RUN)
+    uninterrupted = train_ppo(profile, *stages, tmp_path / "a", progress=False)
+
+    real_save = ppo.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the checkpoint of iteration 1
+
+    monkeypatch.setattr(ppo, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1,
+                  progress=False)
+    monkeypatch.setattr(ppo, "save_checkpoint", real_save)
+    assert (tmp_path / "ckpt" / CHECKPOINT_FILE).exists() and not (tmp_path / "b").exists()
+    resumed = train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1,
+                        progress=False)
+    assert resumed == uninterrupted
