@@ -187,6 +187,7 @@ def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: s
     extra = {"num_labels": 1} if head == "reward" else {}
     quantization = quantization_config(profile)
     placement = {"device_map": {"": default_device().index or 0}} if quantization and torch.cuda.is_available() else {}
+    torch.manual_seed(profile.seed)  # a fresh reward head is initialised at random: same seed, same head
     model = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization, **placement, **extra)
     if not quantization:
         model.to(default_device())
