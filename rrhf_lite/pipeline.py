@@ -161,15 +161,12 @@ def load_policy(profile, path):
 
 def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
     """``score(prompts, replies) -> normalised proxy rewards``: the reward model of stage 02, as a function."""
-    from .reward import load_reward_model, normalise, score
+    from .reward import load_reward_model, normalised_scorer
 
     model, tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
     stats = json.loads((reward_dir / "normalisation.json").read_text())
-
-    def score_fn(prompts: list[str], replies: list[str]) -> list[float]:
-        return normalise(score(model, tokenizer, prompts, replies, profile.max_length), stats).tolist()
-
-    return score_fn
+    scorer = normalised_scorer(model, tokenizer, stats, profile.max_length)
+    return lambda prompts, replies: scorer(prompts, replies).tolist()
 
 
 def gold_scorer(profile):

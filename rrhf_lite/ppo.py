@@ -72,7 +72,7 @@ from .logprobs import pad_batch, position_ids_from_mask, sequence_logprobs, toke
 from .loop import CHECKPOINT_FILE
 from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
 from .models import count_parameters, load_for_training
-from .reward import load_reward_model, normalise, score
+from .reward import load_reward_model, normalised_scorer
 from .sampling import generate_tokens
 from .world import TinyWorld
 
@@ -149,15 +149,6 @@ def use_plain_sampling(policy) -> None:
     config.do_sample = True  # generate_tokens passes do_sample itself; this only keeps transformers from warning
 
 
-def make_reward_fn(reward_model, tokenizer, stats: dict, max_length: int):
-    """``reward_fn(prompts, replies) -> [B]`` normalised reward-model scores (a tensor on the CPU)."""
-
-    def reward_fn(prompts: list[str], replies: list[str]) -> torch.Tensor:
-        return normalise(score(reward_model, tokenizer, prompts, replies, max_length), stats)
-
-    return reward_fn
-
-
 def load_models(profile, sft_dir: Path, reward_dir: Path):
     """Policy + value head, tokenizer, and the reward function. Returns ``(model, tokenizer, reward_fn)``.
 
@@ -167,14 +158,13 @@ def load_models(profile, sft_dir: Path, reward_dir: Path):
     if profile.lora_dropout:
         warnings.warn(f"lora_dropout = {profile.lora_dropout}: PPO expects no dropout (see rrhf_lite.ppo)",
                       stacklevel=2)
-    torch.manual_seed(profile.seed)  # LoRA's A matrices start random
     policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
     use_plain_sampling(policy)
     model = PolicyAndValue(policy)
     reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
     stats = json.loads((reward_dir / "normalisation.json").read_text())
     init_value_head(model.value_head, profile.ppo_value_init, reward_model, stats)
-    return model, tokenizer, make_reward_fn(reward_model, reward_tokenizer, stats, profile.max_length)
+    return model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, stats, profile.max_length)
 
 
 # --------------------------------------------------------------------------------------------------------------------

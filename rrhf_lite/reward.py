@@ -128,3 +128,12 @@ def normalisation(rewards_on_policy_samples: torch.Tensor) -> dict[str, float]:
 def normalise(rewards_: torch.Tensor, stats: dict[str, float]) -> torch.Tensor:
     """Shift and scale rewards with the statistics from :func:`normalisation`."""
     return (rewards_ - stats["mean"]) / stats["std"]
+
+
+def normalised_scorer(model, tokenizer, stats: dict[str, float], max_length: int):
+    """``score_fn(prompts, replies) -> [B]`` normalised rewards (a CPU tensor): the reward model as a function."""
+
+    def score_fn(prompts: list[str], replies: list[str]) -> torch.Tensor:
+        return normalise(score(model, tokenizer, prompts, replies, max_length), stats)
+
+    return score_fn

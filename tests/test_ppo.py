@@ -19,7 +19,6 @@ from rrhf_lite.ppo import (
     collect_rollout,
     init_value_head,
     kl_controller,
-    make_reward_fn,
     policy_forward,
     ppo_update,
     reference_logprobs,
@@ -30,7 +29,7 @@ from rrhf_lite.ppo import (
     train_ppo,
 )
 from rrhf_lite.profiles import get_profile
-from rrhf_lite.reward import load_reward_model
+from rrhf_lite.reward import load_reward_model, normalised_scorer
 from rrhf_lite.world import TinyWorld
 
 # A run small enough for a test: 8 prompts per rollout, short replies.
@@ -152,7 +151,7 @@ def test_value_head_starts_as_the_normalised_reward_head(stages):
     assert model.value_head.bias.item() == pytest.approx(-STATS["mean"] / STATS["std"])
     # Reading the reward model's own hidden state, the value head gives the normalised reward exactly.
     prompts, replies = TinyWorld(seed=0).sample_prompts(2), [" Boil fresh water.", " No."]
-    normalised = make_reward_fn(reward_model, reward_tokenizer, STATS, 128)(prompts, replies)
+    normalised = normalised_scorer(reward_model, reward_tokenizer, STATS, 128)(prompts, replies)
     with torch.no_grad():
         last_hidden = torch.stack([
             reward_model(input_ids=torch.tensor([tokenize_pair(reward_tokenizer, p, r, 128)["input_ids"]]),
@@ -174,7 +173,7 @@ def test_rollout_records_the_sampled_tokens_and_penalises_unfinished_replies(sta
     profile = get_profile("tiny", **RUN, ppo_no_eos_penalty=-3.0)
     model, tokenizer = small_policy(stages)
     reward_model, reward_tokenizer = load_reward_model(stages[0] / "model", stages[1] / "adapter", profile)
-    reward_fn = make_reward_fn(reward_model, reward_tokenizer, STATS, profile.max_length)
+    reward_fn = normalised_scorer(reward_model, reward_tokenizer, STATS, profile.max_length)
     prompts = TinyWorld(seed=0).sample_prompts(6)
     rollout = collect_rollout(model, tokenizer, reward_fn, prompts, profile, seed=0)
     assert rollout.mask.sum(1).tolist() == [len(ids) for ids in rollout.reply_ids]
@@ -196,7 +195,7 @@ def test_one_update_changes_only_the_adapters_and_the_value_head(stages):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("value_head.") for n in trainable)
     assert not any(p.requires_grad for p in reward_model.parameters())
-    rollout = collect_rollout(model, tokenizer, make_reward_fn(reward_model, reward_tokenizer, STATS, 128),
+    rollout = collect_rollout(model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, STATS, 128),
                               TinyWorld(seed=0).sample_prompts(8), profile, seed=0)
     rewards = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.mask, beta=0.05)
     advantages, returns = ppo.advantages_and_returns(rewards, rollout.values, rollout.mask, gamma=1.0, lam=0.95)
