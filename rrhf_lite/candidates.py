@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import validate_rankings
+
 
 def merge_sources(sources: dict[str, list[list[str]]]) -> tuple[list[list[str]], list[list[str]]]:
     """Per prompt, the replies of every source one after the other, and which source wrote each one.
@@ -40,7 +42,9 @@ def build_rankings(prompts: list[str], sources: dict[str, list[list[str]]], scor
     """Score every reply and return a ``prompt / responses / scores / sources`` dataset (+ ``gold_scores``).
 
     ``score_fn(prompts, replies) -> list[float]`` is the proxy (the reward model); ``gold_fn``, with the same
-    signature, the gold judge where there is one. Both are called once on all replies, flattened.
+    signature, the gold judge where there is one. Both are called once on all replies, flattened. The result is
+    checked with :func:`rrhf_lite.data.validate_rankings`: a score that is not a finite number (a reward model gone
+    NaN) raises :class:`rrhf_lite.data.DataValidationError` naming the row; empty samples are kept, with a warning.
     """
     import datasets
 
@@ -53,6 +57,7 @@ def build_rankings(prompts: list[str], sources: dict[str, list[list[str]]], scor
                "scores": _unflatten(list(score_fn(flat_prompts, flat_replies)), responses)}
     if gold_fn is not None:
         columns["gold_scores"] = _unflatten(list(gold_fn(flat_prompts, flat_replies)), responses)
+    validate_rankings(columns, allow_empty_responses=True, min_candidates=1)
     return datasets.Dataset.from_dict(columns)
 
 
@@ -72,6 +77,7 @@ def rankings_to_pairs(rankings):
     """
     import datasets
 
+    validate_rankings(rankings, allow_empty_responses=True, min_candidates=1)
     has_gold = "gold_scores" in rankings.column_names
     rows: dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "score_chosen", "score_rejected")}
     if has_gold:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .data import report_truncation, validate_preference_dataset, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from .loop import train
 from .losses import dpo_loss
@@ -28,9 +29,16 @@ from .models import count_parameters, load_for_training
 
 
 def tokenize_preferences(tokenizer, pairs, max_length: int) -> list[dict]:
-    """``prompt/chosen/rejected`` rows -> both replies tokenised with their response masks."""
-    return [{"chosen": tokenize_pair(tokenizer, r["prompt"], r["chosen"], max_length),
+    """``prompt/chosen/rejected`` rows -> both replies tokenised with their response masks.
+
+    Rows longer than ``max_length`` are cut as :func:`tokenize_pair` says and counted in a warning.
+    """
+    validate_tokenizer(tokenizer)
+    rows = [{"chosen": tokenize_pair(tokenizer, r["prompt"], r["chosen"], max_length),
              "rejected": tokenize_pair(tokenizer, r["prompt"], r["rejected"], max_length)} for r in pairs]
+    report_truncation(((c, i, row[c]) for i, row in enumerate(rows) for c in ("chosen", "rejected")), max_length,
+                      "DPO pairs")
+    return rows
 
 
 def collate_preferences(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -77,8 +85,10 @@ def train_dpo(profile, init_path, pairs, out_dir: Path, *, beta: float | None = 
               checkpoint_dir: Path | None = None, progress: bool = True) -> list[dict]:
     """Train fresh LoRA adapters on ``init_path`` (the SFT model) with DPO on ``pairs``; save them in ``out_dir``.
 
-    ``beta`` defaults to ``profile.dpo_beta``. Writes ``out_dir/adapter`` and ``out_dir/history.json``.
+    ``beta`` defaults to ``profile.dpo_beta``. Writes ``out_dir/adapter`` and ``out_dir/history.json``. The pairs are
+    checked first (:func:`rrhf_lite.data.validate_preference_dataset`; empty replies are kept, with a warning).
     """
+    validate_preference_dataset(pairs, allow_empty_responses=True)
     out_dir = Path(out_dir)
     beta = profile.dpo_beta if beta is None else beta
     model, tokenizer = load_for_training(init_path, profile, head="lm")

@@ -27,29 +27,37 @@ import torch.nn.functional as F
 def tokenize_pair(tokenizer, prompt: str, response: str, max_length: int, add_eos: bool = True) -> dict:
     """Token ids of ``prompt + response (+ eos)`` and a mask marking the response tokens.
 
-    Prompt and response are tokenised separately, so the boundary is exact. If the pair is longer than
-    ``max_length``, the *prompt* is cut from the left (keeping the turns nearest the reply) and then, if still too
-    long, the response is cut from the right. ``truncated`` tells whether anything was cut.
+    Prompt and response are tokenised separately, so the boundary is exact. The truncation policy, when the pair is
+    longer than ``max_length``: the reply has priority. The *prompt* is cut from the left (keeping its ``<|bos|>``
+    and the turns nearest the reply); only if the reply alone does not fit is it cut from the right (losing its
+    ``<|eos|>``). ``truncated`` tells whether anything was cut; ``prompt_cut`` and ``response_cut`` count the tokens
+    removed from each, ``prompt_kept`` the prompt tokens left after the ``<|bos|>``.
+    :func:`rrhf_lite.data.report_truncation` turns these into counts of rows and a warning.
     """
     prompt_ids = tokenizer(prompt)["input_ids"]  # starts with <bos> when the tokenizer adds one
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if add_eos:
         response_ids = response_ids + [tokenizer.eos_token_id]
+    n_prompt, n_response = len(prompt_ids), len(response_ids)
+    bos = prompt_ids[:1] if prompt_ids[:1] == [tokenizer.bos_token_id] else []
     truncated = len(prompt_ids) + len(response_ids) > max_length
     if truncated:
-        bos = prompt_ids[:1] if prompt_ids[:1] == [tokenizer.bos_token_id] else []
         room = max(0, max_length - len(bos) - len(response_ids))  # prompt tokens that still fit after the reply
         prompt_ids = bos + (prompt_ids[len(prompt_ids) - room:] if room else [])
-        response_ids = response_ids[: max_length - len(prompt_ids)]
+        response_ids = response_ids[: max(0, max_length - len(prompt_ids))]
     return {"input_ids": prompt_ids + response_ids,
             "response_mask": [0] * len(prompt_ids) + [1] * len(response_ids),
-            "truncated": truncated}
+            "truncated": truncated, "prompt_cut": n_prompt - len(prompt_ids),
+            "prompt_kept": len(prompt_ids) - len(bos), "response_cut": n_response - len(response_ids)}
 
 
 def pad_batch(rows: list[dict], pad_token_id: int, side: str = "right") -> dict[str, torch.Tensor]:
     """Stack tokenised rows into ``input_ids``, ``attention_mask`` and ``response_mask`` tensors."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None: the tokenizer has no pad token (tokenizer.pad_token); add a distinct "
+                         "one, see rrhf_lite.data.validate_tokenizer")
     width = max(len(r["input_ids"]) for r in rows)
     out = {"input_ids": [], "attention_mask": [], "response_mask": []}
     for r in rows:

@@ -3,12 +3,17 @@
 A method plugs in a *step function* ``step_fn(model, batch) -> (loss, metrics)``; the loop does the rest:
 
 * AdamW on the trainable parameters (with LoRA: only the adapters), warm-up then cosine learning rate;
-* gradient clipping, and a guard that stops at the first non-finite loss, naming the step;
+* gradient clipping, and a guard that stops at the first non-finite loss or gradient, naming the step, before the
+  weights change (:class:`NonFiniteLossError`); checkpoints are only ever written from finite weights, so the last
+  good one survives;
 * a tqdm progress bar and a metrics *history*: a list of dicts, ready for ``pandas.DataFrame(history)``;
 * periodic evaluation (``eval_fn(model) -> dict``, logged as ``eval_<name>``);
 * checkpoints (trainable weights, optimiser, scheduler, random state, history) written atomically every
   ``checkpoint_every`` steps; called again with the same ``checkpoint_dir``, the loop resumes where it stopped
-  and ends with the same numbers as a run that was never interrupted.
+  and ends with the same numbers as a run that was never interrupted (on the CPU, with the same seed), also when
+  the process was killed (``kill -9``, a Colab disconnect): the file is replaced atomically, so it is either the
+  previous checkpoint or the new one, never half of one. A checkpoint that cannot be read (a file copied or synced
+  incompletely) is moved aside to ``checkpoint.pt.unreadable-*`` with a warning, and training starts over.
 
 It runs through ``accelerate``: the same code runs on a CPU, a GPU, or data-parallel on several processes with
 ``accelerate launch --num_processes N`` (each process then sees its own shard of every epoch).
@@ -19,6 +24,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pickle
+import random
+import time
+import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -30,6 +40,18 @@ from tqdm.auto import tqdm
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 EvalFn = Callable[[torch.nn.Module], dict]
 CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at ``step`` (1-based) because the loss or the gradient was NaN or infinite.
+
+    Raised before the optimiser step, so the model still holds the weights of the previous step, and the last
+    checkpoint on disk (if any) is untouched: ``checkpoint_step`` says which step it holds (None: no checkpoint).
+    """
+
+    def __init__(self, message: str, step: int, checkpoint_step: int | None):
+        super().__init__(message)
+        self.step, self.checkpoint_step = step, checkpoint_step
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -50,28 +72,103 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _rng_state() -> dict:
+    state = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    try:
+        import numpy as np
+
+        state["numpy_rng"] = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
+        pass
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if "python_rng" in state:
+        random.setstate(state["python_rng"])
+    if "numpy_rng" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history: list[dict]) -> None:
-    """Write the state needed to resume into ``path/checkpoint.pt`` (via a temp file, so never half-written)."""
+    """Write the state needed to resume into ``path/checkpoint.pt`` (via a temp file, so never half-written).
+
+    Refuses (``FloatingPointError``, nothing written) if a trainable weight is NaN or infinite: a bad state must
+    never replace the last good checkpoint.
+    """
+    trainable = _trainable_state(model)
+    bad = [n for n, t in trainable.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise FloatingPointError(f"weights {bad[:3]} are not finite after step {step}; the checkpoint in {path} was "
+                                 f"not overwritten")
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "history": history, "trainable": _trainable_state(model),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state()}
+    state = {"step": step, "history": history, "trainable": trainable,
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_rng_state()}
     tmp = path / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path / CHECKPOINT_FILE)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """Restore what :func:`save_checkpoint` wrote; returns ``(step, history)``."""
-    state = torch.load(path / CHECKPOINT_FILE, weights_only=False)
+def read_checkpoint(path: Path) -> dict | None:
+    """The state in ``path/checkpoint.pt``, or None if there is none.
+
+    A file that cannot be read (truncated by a copy or a sync: :func:`save_checkpoint` itself is atomic) is renamed
+    to ``checkpoint.pt.unreadable-<time>`` with a warning, and None is returned: the run starts over instead of
+    failing on every retry.
+    """
+    file = Path(path) / CHECKPOINT_FILE
+    if not file.exists():
+        return None
+    try:
+        state = torch.load(file, weights_only=False)
+        missing = {"step", "history", "trainable", "optimizer", "scheduler", "torch_rng"} - set(state)
+        if missing:
+            raise KeyError(f"no {sorted(missing)}")
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, TypeError, ValueError,
+            AttributeError) as e:  # what torch.load raises on a truncated or foreign file
+        aside = file.with_name(f"{CHECKPOINT_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(file, aside)
+        except FileNotFoundError:  # another process of a data-parallel run moved it first
+            pass
+        warnings.warn(f"checkpoint {file} cannot be read ({type(e).__name__}: {str(e)[:200]}); moved to {aside.name} "
+                      f"and starting from step 0", stacklevel=2)
+        return None
+    return state
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, state: dict | None = None) -> tuple[int, list[dict]]:
+    """Restore what :func:`save_checkpoint` wrote (or the already read ``state``); returns ``(step, history)``."""
+    state = torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False) if state is None else state
     missing = set(state["trainable"]) ^ {n for n, p in model.named_parameters() if p.requires_grad}
     if missing:
         raise ValueError(f"checkpoint {path} does not match the model's trainable parameters: {sorted(missing)[:5]}")
     model.load_state_dict(state["trainable"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
+    _set_rng_state(state)
     return state["step"], state["history"]
+
+
+def _stop(desc: str, what: str, value, step: int, checkpoint_dir: Path | None,
+          checkpoint_step: int | None) -> NonFiniteLossError:
+    if checkpoint_step is not None:
+        kept = (f"the last good checkpoint (step {checkpoint_step}) is kept in {checkpoint_dir}; once the cause is "
+                f"fixed, the same call resumes from it")
+    elif checkpoint_dir is not None:
+        kept = f"no checkpoint had been written yet in {checkpoint_dir}"
+    else:
+        kept = "no checkpoint_dir was given, so there is nothing to resume from"
+    return NonFiniteLossError(f"{desc}: {what} is {value} at step {step}; stopped before the weights were changed "
+                              f"({kept}). Lower the learning rate, or check this step's batch for bad values",
+                              step, checkpoint_step)
 
 
 def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, steps: int, lr: float,
@@ -99,11 +196,14 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
     if accelerator.num_processes > 1 and isinstance(batches, torch.utils.data.DataLoader):
         batches = accelerator.prepare(batches)  # shard each epoch across processes
 
-    start, history = 0, []
+    start, history, saved_step = 0, [], None
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if checkpoint_dir and (checkpoint_dir / CHECKPOINT_FILE).exists():
-        start, history = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+    state = read_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if state is not None:
+        start, history = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+        saved_step = start
         accelerator.print(f"{desc}: resuming from step {start} ({checkpoint_dir})")
+    del state
 
     stream = itertools.chain.from_iterable(itertools.repeat(batches))  # cycle through epochs
     for _ in range(start):  # skip what the interrupted run already trained on
@@ -115,11 +215,13 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
     for step in bar:
         loss, metrics = step_fn(model, _to_device(next(stream), accelerator.device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step + 1}; stopped before the weights "
-                                     f"were corrupted (last good checkpoint kept; lower the learning rate or check "
-                                     f"the batch)")
+            raise _stop(desc, "the loss", loss.item(), step + 1, checkpoint_dir, saved_step)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+        # With fp16 loss scaling an overflowing gradient is expected now and then: the scaler skips that step itself.
+        if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            raise _stop(desc, "the gradient norm", float(grad_norm), step + 1, checkpoint_dir, saved_step)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -143,5 +245,10 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, done, history)
+            saved_step = done
+    bad = [n for n, p in accelerator.unwrap_model(model).named_parameters()
+           if p.requires_grad and p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:  # finite losses and gradients can still step into inf with a huge learning rate
+        raise _stop(desc, f"weight {bad[0]!r}", "not finite", steps, checkpoint_dir, saved_step)
     model.eval()
     return history

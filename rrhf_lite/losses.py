@@ -11,6 +11,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+# Largest log-ratio log(pi / pi_old) (or log(pi_ref / pi) in the k3 KL estimate) that is exponentiated: e^20 ~ 5e8.
+# Beyond it exp() heads for float32's overflow at ~88 (inf, then inf - inf = NaN). PPO keeps the ratio near 1, so the
+# cap only ever acts on a policy that has already blown up; it keeps the loss finite so the guard can name the step.
+MAX_LOG_RATIO = 20.0
+
 
 def sft_loss(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Supervised fine-tuning: mean negative log-likelihood over the response tokens of the whole batch.
@@ -339,13 +344,15 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     * approx_kl: masked mean of 0.5 * (log pi - log pi_old)**2, the "k2" estimator of KL(pi_old || pi) (as in the
       N-details implementation); it is non-negative and accurate while the two policies are close.
 
-    The ratio overflows in float32 once the log-ratio passes ~88; within PPO pi and pi_old are close, and a large
-    clip_fraction or approx_kl is the alarm to watch for.
+    Numerical safety: the log-ratio is capped at ``MAX_LOG_RATIO`` (20) before ``exp``, which would overflow in
+    float32 past ~88 and turn the loss into inf or NaN. Within PPO pi and pi_old are close (a large clip_fraction or
+    approx_kl is the alarm to watch for), so the cap never changes a healthy run; past it the ratio stays at e^20
+    and the token's gradient is 0.
     """
     mask = mask.bool()
     log_ratio = torch.where(mask, logprobs - old_logprobs, 0.0)
     advantages = torch.where(mask, advantages, 0.0)
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratio.clamp(max=MAX_LOG_RATIO))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
     loss = _masked_mean(torch.max(unclipped, clipped), mask)
@@ -385,11 +392,12 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "
         k3 = (r - 1) - log r,  r = pi_ref / pi           unbiased and never negative (r - 1 >= log r)
 
     RLHF with PPO puts -beta * k1 into every token's reward (Ziegler et al. 2019); its mean over samples is the KL.
-    ``expm1`` computes r - 1 accurately when r is close to 1.
+    ``expm1`` computes r - 1 accurately when r is close to 1. For k3, log r is capped at ``MAX_LOG_RATIO`` (20) so
+    that a token pi finds e^20 times less likely than pi_ref gives a large finite penalty (~5e8), not inf.
     """
     if kind == "k1":
         return logprobs - ref_logprobs
     if kind == "k3":
-        log_r = ref_logprobs - logprobs
+        log_r = (ref_logprobs - logprobs).clamp(max=MAX_LOG_RATIO)
         return torch.expm1(log_r) - log_r
     raise ValueError(f"unknown KL estimator kind {kind!r}; expected 'k1' or 'k3'")

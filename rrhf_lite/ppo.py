@@ -367,7 +367,7 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout:
     """``ppo_epochs`` passes over the rollout in shuffled minibatches; returns the mean of each loss and diagnostic.
 
     Each step: loss = clipped policy loss + ``ppo_vf_coef`` * clipped value loss, gradients clipped to
-    ``max_grad_norm``. A non-finite loss stops training before the step, naming the iteration.
+    ``max_grad_norm``. A non-finite loss or gradient stops training before the step, naming the iteration.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -389,6 +389,11 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, profile.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"PPO: gradient norm is {grad_norm.item()} at iteration {iteration + 1} "
+                                         f"(epoch {epoch + 1}); stopped before the weights were corrupted (the last "
+                                         f"checkpoint is kept; lower ppo_lr, or check the rewards)")
             optimizer.step()
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                ("clip_fraction", clip_fraction), ("value_clip_fraction", value_clip_fraction),
@@ -445,10 +450,17 @@ def training_prompts(profile, tokenizer, n: int) -> list[str]:
 
 def save_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller, iteration: int,
                     history: list[dict]) -> None:
-    """Everything needed to resume after ``iteration`` iterations, written atomically to ``path/checkpoint.pt``."""
+    """Everything needed to resume after ``iteration`` iterations, written atomically to ``path/checkpoint.pt``.
+
+    Refuses (nothing written) if a trainable weight is not finite, so a bad state never replaces a good checkpoint.
+    """
+    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    bad = [n for n, t in trainable.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise FloatingPointError(f"PPO: weights {bad[:3]} are not finite after iteration {iteration}; the checkpoint "
+                                 f"in {path} was not overwritten")
     path.mkdir(parents=True, exist_ok=True)
-    state = {"iteration": iteration, "history": history, "beta": controller.beta,
-             "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+    state = {"iteration": iteration, "history": history, "beta": controller.beta, "trainable": trainable,
              "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
     tmp = path / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
     torch.save(state, tmp)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .data import report_truncation, validate_rankings, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from .loop import train
 from .losses import pro_loss, rrhf_loss
@@ -27,10 +28,17 @@ METHODS = ("rrhf", "pro")
 
 
 def tokenize_rankings(tokenizer, rankings, max_length: int) -> list[dict]:
-    """``prompt/responses/scores`` rows -> per row, every candidate tokenised with its response mask."""
-    return [{"candidates": [tokenize_pair(tokenizer, row["prompt"], r, max_length) for r in row["responses"]],
+    """``prompt/responses/scores`` rows -> per row, every candidate tokenised with its response mask.
+
+    Candidates longer than ``max_length`` are cut as :func:`tokenize_pair` says and counted in a warning.
+    """
+    validate_tokenizer(tokenizer)
+    rows = [{"candidates": [tokenize_pair(tokenizer, row["prompt"], r, max_length) for r in row["responses"]],
              "scores": [float(s) for s in row["scores"]]}
             for row in rankings]
+    report_truncation((("responses", i, c) for i, row in enumerate(rows) for c in row["candidates"]), max_length,
+                      "rankings")
+    return rows
 
 
 def collate_rankings(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -82,6 +90,7 @@ def shorten_rankings(rankings, length: int):
     """
     if length < 2:
         raise ValueError(f"a ranking needs at least 2 candidates, got length={length}")
+    validate_rankings(rankings, allow_empty_responses=True)
 
     def shorten(row):
         order = sorted(range(len(row["scores"])), key=lambda i: -row["scores"][i])
@@ -98,8 +107,10 @@ def train_ranking(profile, method: str, init_path, rankings, out_dir: Path, chec
     """Train fresh LoRA adapters on ``init_path`` (the SFT model) with RRHF or PRO; save them in ``out_dir``.
 
     Writes ``out_dir/adapter`` (load it with ``load_for_training(init_path, profile, adapter=...)``) and
-    ``out_dir/history.json``.
+    ``out_dir/history.json``. The rankings are checked first (:func:`rrhf_lite.data.validate_rankings`): every row
+    needs a prompt, at least 2 replies and one finite score per reply; empty replies are kept, with a warning.
     """
+    validate_rankings(rankings, allow_empty_responses=True)
     out_dir = Path(out_dir)
     loss_fn = loss_function(profile, method)
     model, tokenizer = load_for_training(init_path, profile, head="lm")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .data import report_truncation, validate_preference_dataset, validate_tokenizer
 from .logprobs import tokenize_pair
 from .loop import train
 from .losses import reward_loss
@@ -29,14 +30,23 @@ from .models import count_parameters, load_for_training
 
 
 def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
-    """``prompt/chosen/rejected`` rows -> token ids of ``prompt + reply + <eos>`` for both replies."""
-    return [{"chosen": tokenize_pair(tokenizer, r["prompt"], r["chosen"], max_length)["input_ids"],
-             "rejected": tokenize_pair(tokenizer, r["prompt"], r["rejected"], max_length)["input_ids"]}
-            for r in dataset]
+    """``prompt/chosen/rejected`` rows -> token ids of ``prompt + reply + <eos>`` for both replies.
+
+    Rows longer than ``max_length`` are cut as :func:`tokenize_pair` says and counted in a warning.
+    """
+    validate_tokenizer(tokenizer)
+    encoded = [{c: tokenize_pair(tokenizer, r["prompt"], r[c], max_length) for c in ("chosen", "rejected")}
+               for r in dataset]
+    report_truncation(((c, i, row[c]) for i, row in enumerate(encoded) for c in ("chosen", "rejected")), max_length,
+                      "reward-model comparisons")
+    return [{c: row[c]["input_ids"] for c in ("chosen", "rejected")} for row in encoded]
 
 
 def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad token lists into ``input_ids`` and ``attention_mask``."""
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None: the tokenizer has no pad token (tokenizer.pad_token); add a distinct "
+                         "one, see rrhf_lite.data.validate_tokenizer")
     width = max(len(s) for s in sequences)
     ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
@@ -87,8 +97,11 @@ def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Pat
                        checkpoint_dir: Path | None = None, progress: bool = True) -> list[dict]:
     """Train a LoRA reward model from ``init_path`` (the SFT model) and save its adapter and head in ``out_dir``.
 
-    Held-out accuracy is evaluated during training; ``out_dir/history.json`` keeps the curves.
+    Held-out accuracy is evaluated during training; ``out_dir/history.json`` keeps the curves. Both datasets are
+    checked first (:func:`rrhf_lite.data.validate_preference_dataset`; empty replies are kept, with a warning).
     """
+    validate_preference_dataset(train_pairs, allow_empty_responses=True)
+    validate_preference_dataset(eval_pairs, allow_empty_responses=True)
     out_dir = Path(out_dir)
     model, tokenizer = load_for_training(init_path, profile, head="reward")
     rows = tokenize_comparisons(tokenizer, train_pairs, profile.max_length)

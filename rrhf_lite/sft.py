@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .data import report_truncation, validate_demonstrations, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from .loop import train
 from .losses import sft_loss
@@ -20,8 +21,15 @@ from .models import count_parameters, load_for_training, merge_adapter
 
 
 def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
-    """``prompt/completion`` rows -> token ids with a response mask (see :func:`tokenize_pair`)."""
-    return [tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length) for row in dataset]
+    """``prompt/completion`` rows -> token ids with a response mask (see :func:`tokenize_pair`).
+
+    Rows longer than ``max_length`` lose the start of their prompt first (see :func:`tokenize_pair`); how many were
+    cut is reported in a :class:`rrhf_lite.data.DataWarning` (:func:`rrhf_lite.data.report_truncation`).
+    """
+    validate_tokenizer(tokenizer)
+    rows = [tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length) for row in dataset]
+    report_truncation((("completion", i, r) for i, r in enumerate(rows)), max_length, "SFT demonstrations")
+    return rows
 
 
 def demonstration_batches(tokenizer, dataset, batch_size: int, max_length: int, seed: int):
@@ -43,7 +51,12 @@ def train_sft(profile, base_path, dataset, out_dir: Path, checkpoint_dir: Path |
 
     Writes ``out_dir/adapter`` (the LoRA weights), ``out_dir/model`` (base + adapter merged: what later stages load)
     and ``out_dir/history.json``. With ``checkpoint_dir``, an interrupted run resumes from its last checkpoint.
+
+    The data is checked before anything is loaded (:func:`rrhf_lite.data.validate_demonstrations`): a missing column,
+    an empty prompt or completion, or a non-string value raises :class:`rrhf_lite.data.DataValidationError` naming
+    the column and the row.
     """
+    validate_demonstrations(dataset)
     out_dir = Path(out_dir)
     model, tokenizer = load_for_training(base_path, profile, head="lm")
     batches = demonstration_batches(tokenizer, dataset, profile.sft_batch_size, profile.max_length, profile.seed)

@@ -5,7 +5,7 @@ That output is a *stage*, cached on disk so that any notebook can be opened on i
 stages it needs if they are cached and builds them otherwise. On disk::
 
     runs/<profile>/<stage>/<key>/            the stage's files, written by its build function
-    runs/<profile>/<stage>/<key>/stage.json  written last: its presence is what "complete" means
+    runs/<profile>/<stage>/<key>/stage.json  written last: the build's record, with the size of every file
     runs/<profile>/<stage>/<key>.lock        locked while the stage is checked or built
     runs/<profile>/<stage>/.<key>.tmp-*      a build in progress (or left behind by one that crashed)
 
@@ -21,6 +21,10 @@ Guarantees:
 * **Never half-written.** A stage is built in a temporary folder beside its final place; ``stage.json`` is written
   last and the folder is then moved into place with one atomic rename. A crash leaves only a temporary folder,
   removed by the next build. A folder without ``stage.json`` is never loaded: it is deleted and rebuilt.
+* **Checked before loading.** ``stage.json`` lists every file of the stage with its size. A folder whose
+  ``stage.json`` is unreadable, or with a listed file missing or of another size (a copy or a cloud-drive sync cut
+  short, a file deleted by hand) is not complete either: :func:`is_complete` says no, and ``build_or_load`` warns,
+  deletes it and builds the stage again. (Stages recorded before the file list existed are trusted as they are.)
 
 Example::
 
@@ -67,9 +71,37 @@ def stage_path(stage: str, profile: Profile, fields: Sequence[str], depends_on: 
     return profile.runs_path / stage / hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def _manifest(folder: Path) -> dict[str, int]:
+    """``{relative path: size in bytes}`` of every file under ``folder`` except ``stage.json``."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() != STAGE_FILE}
+
+
+def incomplete_reason(path: Path) -> str | None:
+    """None if the stage folder is complete, else why not: no ``stage.json``, an unreadable one, a listed file
+    missing or of the wrong size."""
+    path = Path(path)
+    if not (path / STAGE_FILE).is_file():
+        return f"it has no {STAGE_FILE}"
+    try:
+        info = json.loads((path / STAGE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"its {STAGE_FILE} cannot be read ({type(e).__name__})"
+    if not isinstance(info, dict):
+        return f"its {STAGE_FILE} is not a record"
+    for name, size in (info.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def is_complete(path: Path) -> bool:
-    """Whether a stage folder was fully built: ``stage.json`` is the last thing written into it."""
-    return (Path(path) / STAGE_FILE).is_file()
+    """Whether a stage folder was fully built and is intact: its ``stage.json`` (written last) can be read and every
+    file it lists is there with the size it was written with."""
+    return incomplete_reason(path) is None
 
 
 def stage_info(path: Path) -> dict:
@@ -138,8 +170,10 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
     with _locked(final, stage):
         for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
             _remove(leftover)  # from a build that crashed: nobody else can be using it while we hold the lock
-        if final.exists() and not is_complete(final):
-            print(f"warning: {final} has no {STAGE_FILE} (half-deleted or copied by hand?); removing and rebuilding")
+        reason = incomplete_reason(final) if final.exists() else None
+        if reason:
+            print(f"warning: stage '{stage}' at {final} is incomplete ({reason}: half-written, half-copied or "
+                  f"half-deleted?); removing it and building it again")
             _remove(final)
         if is_complete(final) and not force:
             print(f"loaded stage '{stage}' from {final}")
@@ -154,7 +188,8 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
             info = {"stage": stage, "profile": profile.name, "fields": {f: getattr(profile, f) for f in fields},
                     "depends_on": [str(p) for p in depends_on],
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "build_seconds": round(time.perf_counter() - start, 2), "versions": _versions()}
+                    "build_seconds": round(time.perf_counter() - start, 2), "versions": _versions(),
+                    "files": _manifest(tmp)}
             (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
             if final.exists():  # force: move the old stage aside, the new one in, then delete the old one
                 old = _scratch(final, "old")

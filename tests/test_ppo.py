@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import SMALL, save_small_model  # tests/conftest.py
+from conftest import RUN, SMALL, STATS  # tests/conftest.py; the `stages` fixture lives there too
 from transformers import AutoModelForCausalLM
 
 from rrhf_lite import ppo
@@ -32,24 +32,8 @@ from rrhf_lite.profiles import get_profile
 from rrhf_lite.reward import load_reward_model, normalised_scorer
 from rrhf_lite.world import TinyWorld
 
-# A run small enough for a test: 8 prompts per rollout, short replies.
-RUN = dict(SMALL, ppo_iterations=2, ppo_rollout_prompts=8, ppo_minibatch_size=4, ppo_epochs=1, max_new_tokens=8)
-STATS = {"mean": 0.5, "std": 2.0}
 HISTORY_KEYS = {"iteration", "proxy_reward", "score", "gold_reward", "kl", "beta", "lr", "approx_kl",
                 "clip_fraction", "value_loss", "policy_loss", "entropy", "ended", "reply_tokens"}
-
-
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory):
-    """A small "SFT model" (``sft/model``) and a reward model on it (``reward/adapter``, normalisation.json)."""
-    root = tmp_path_factory.mktemp("ppo")
-    model_dir, reward_dir = root / "sft" / "model", root / "reward"
-    save_small_model(model_dir)
-    reward_model, reward_tokenizer = load_for_training(model_dir, get_profile("tiny", **SMALL), head="reward")
-    reward_model.save_pretrained(reward_dir / "adapter")
-    reward_tokenizer.save_pretrained(reward_dir / "adapter")
-    (reward_dir / "normalisation.json").write_text(json.dumps(STATS))
-    return root / "sft", reward_dir
 
 
 def small_policy(stages) -> tuple[PolicyAndValue, object]:

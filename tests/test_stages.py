@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 from filelock import FileLock, Timeout
 
 from rrhf_lite.profiles import get_profile
-from rrhf_lite.stages import build_or_load, is_complete, stage_info, stage_path
+from rrhf_lite.stages import STAGE_FILE, build_or_load, incomplete_reason, is_complete, stage_info, stage_path
 
 FIELDS = ("seed", "pretrain_steps")
 
@@ -103,6 +104,45 @@ def test_folder_without_stage_json_is_rebuilt(tmp_path, capsys):
     assert build_or_load("base", tiny(tmp_path), FIELDS, write_weights) == path
     assert "warning" in capsys.readouterr().out
     assert (path / "weights.txt").read_text() == "trained" and is_complete(path)
+
+
+def write_model(out: Path, text: str = "trained") -> None:
+    write_weights(out, text)
+    (out / "model").mkdir()
+    (out / "model" / "model.safetensors").write_bytes(b"w" * 1000)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda path: (path / "model" / "model.safetensors").write_bytes(b"w" * 400),  # a copy or a sync cut short
+     "model/model.safetensors has 400 bytes, 1000 were written"),
+    (lambda path: (path / "weights.txt").unlink(), "weights.txt is missing"),
+    (lambda path: (path / STAGE_FILE).write_text((path / STAGE_FILE).read_text()[:40]),  # stage.json itself cut
+     f"its {STAGE_FILE} cannot be read"),
+])
+def test_a_half_written_stage_is_detected_and_rebuilt_not_loaded(tmp_path, capsys, damage, reason):
+    path = build_or_load("base", tiny(tmp_path), FIELDS, write_model)
+    assert stage_info(path)["files"] == {"model/model.safetensors": 1000, "weights.txt": 7}
+    damage(path)
+    assert not is_complete(path) and incomplete_reason(path).startswith(reason)
+    builds = []
+
+    def rebuild(out):
+        builds.append(out)
+        write_model(out, "rebuilt")
+
+    assert build_or_load("base", tiny(tmp_path), FIELDS, rebuild) == path and len(builds) == 1
+    assert f"is incomplete ({reason}" in capsys.readouterr().out
+    assert is_complete(path) and (path / "weights.txt").read_text() == "rebuilt"
+    assert (path / "model" / "model.safetensors").stat().st_size == 1000
+
+
+def test_a_stage_recorded_before_file_lists_is_still_loaded(tmp_path):
+    path = build_or_load("base", tiny(tmp_path), FIELDS, write_weights)
+    info = stage_info(path)
+    del info["files"]  # what stage.json looked like before it listed the files
+    (path / STAGE_FILE).write_text(json.dumps(info))
+    assert is_complete(path)
+    assert build_or_load("base", tiny(tmp_path), FIELDS, lambda out: pytest.fail("rebuilt a complete stage")) == path
 
 
 # --- real processes: the functions they run must be importable, so they live at module level -----------------
