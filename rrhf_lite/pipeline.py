@@ -9,6 +9,8 @@ the profile fields it depends on, so changing one of them builds a new entry ins
     reward  SFT model + LoRA + scalar head, on comparisons:  <stage>/adapter, history.json, normalisation.json
     samples candidates from the SFT model, the base model and experts, scored:  <stage>/rankings, <stage>/pairs
             (datasets, ``load_from_disk``) and <stage>/best_of_n (many SFT samples per held-out prompt)
+    rrhf, pro, dpo-<data>, ppo   one method each, trained from SFT (see :func:`method_stage`)
+    online  one round of online data collection (Bai et al. 2022), see :func:`online_stage`
 
 This module also says which data each profile uses: the tiny world, or Anthropic's HH-RLHF.
 """
@@ -19,6 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .measure import CostMeter
 from .pretrain import train_base_model
 from .stages import build_or_load, checkpoint_dir
 from .world import TinyWorld
@@ -96,12 +99,23 @@ def evaluation_prompts(profile) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------------------
-def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force):
-    """``build_or_load`` for a training stage whose checkpoints live in a stable folder until it completes."""
+def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force, evaluate_fn=None):
+    """``build_or_load`` for a training stage whose checkpoints live in a stable folder until it completes.
+
+    Training is measured (:class:`~rrhf_lite.measure.CostMeter`) into ``<stage>/cost.json``: wall seconds, peak
+    memory and the trainable parameters that ``history.json`` reports. ``evaluate_fn(out)``, if given, runs after
+    training, outside the measurement.
+    """
     ckpt = checkpoint_dir(stage, profile, fields, depends_on)
 
     def build(out: Path) -> None:
-        train_fn(out, ckpt)
+        with CostMeter() as cost:
+            train_fn(out, ckpt)
+        summary = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else {}
+        (out / "cost.json").write_text(json.dumps(
+            {**cost.as_dict(), "trainable_parameters": summary.get("trainable_parameters")}, indent=1))
+        if evaluate_fn is not None:
+            evaluate_fn(out)
         shutil.rmtree(ckpt, ignore_errors=True)
 
     return build_or_load(stage, profile, fields, build, depends_on=depends_on, force=force)
@@ -217,9 +231,13 @@ def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> 
     pairs = pairs.add_column("ppl_chosen", ppl_chosen.tolist()).add_column("ppl_rejected", ppl_rejected.tolist())
     pairs.save_to_disk(out / "pairs")
 
+    # Best-of-n's cost is paid at answer time: sampling and scoring bon_n replies per held-out prompt, measured.
     held_out = eval_prompts(profile)
-    bon = sample_candidates(policy, tokenizer, held_out, profile.bon_n, seed=profile.seed + 1, **kwargs)
-    build_rankings(held_out, {"sft": bon}, score_fn, gold_fn).save_to_disk(out / "best_of_n")
+    with CostMeter() as cost:
+        bon = sample_candidates(policy, tokenizer, held_out, profile.bon_n, seed=profile.seed + 1, **kwargs)
+        bon_rankings = build_rankings(held_out, {"sft": bon}, score_fn, gold_fn)
+    bon_rankings.save_to_disk(out / "best_of_n")
+    (out / "best_of_n_cost.json").write_text(json.dumps({**cost.as_dict(), "samples": len(held_out) * profile.bon_n}))
 
     # The SFT model measured exactly as every method will be (same prompts, same seed): the baseline.
     measured = evaluation_prompts(profile)
@@ -275,11 +293,25 @@ def dpo_pairs(profile, data: str = "pairs"):
     raise ValueError(f"DPO data must be one of {DPO_DATA}, got {data!r}")
 
 
+def policy_samples(profile, method: str, data: str = "pairs") -> int:
+    """How many replies a method's training sampled from a model: its sampling budget.
+
+    RRHF, PRO and DPO on the candidates of stage 03 use the SFT and base samples drawn there (the expert replies
+    are not sampled); DPO on labellers' pairs samples nothing; PPO samples one reply per prompt per rollout.
+    """
+    if method == "ppo":
+        return profile.ppo_iterations * profile.ppo_rollout_prompts
+    if method == "dpo" and data == "labels":
+        return 0
+    return profile.sample_prompts * (profile.samples_per_prompt + profile.base_samples_per_prompt)
+
+
 def method_stage(profile, method: str, data: str = "pairs", force: bool = False) -> Path:
     """Train and evaluate ``method`` ("rrhf", "pro", "dpo" or "ppo") from the SFT model; returns the stage folder.
 
-    The folder holds ``adapter/`` (LoRA weights), ``history.json`` (training curves) and ``eval.json`` (gold and
-    proxy reward, KL to the SFT model and win rate on held-out prompts, with the replies). ``data`` picks DPO's
+    The folder holds ``adapter/`` (LoRA weights), ``history.json`` (training curves), ``cost.json`` (training wall
+    time, peak memory, trainable parameters) and ``eval.json`` (gold and proxy
+    reward, KL to the SFT model and win rate on held-out prompts, with the replies). ``data`` picks DPO's
     pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03; PPO samples its own replies and
     scores them with the reward model of stage 02.
     """
@@ -301,7 +333,106 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
             if method == "pro" and profile.pro_ranking_length:
                 rankings = shorten_rankings(rankings, profile.pro_ranking_length)
             train_ranking(profile, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
+
+    def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
 
     name = f"dpo-{data}" if method == "dpo" else method
-    return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force)
+    return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force,
+                                   evaluate_fn)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One round of online data collection (Bai et al. 2022): see rrhf_lite/online.py
+# ------------------------------------------------------------------------------------------------------------
+ONLINE_FIELDS = tuple(dict.fromkeys(REWARD_FIELDS + SAMPLES_FIELDS + RANKING_FIELDS + (
+    "rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight", "pro_lr", "pro_sft_weight", "pro_use_temperature",
+    "pro_ranking_length", "online_method", "online_samples_per_prompt")))
+
+
+def online_stage(profile, force: bool = False) -> Path:
+    """One online round from the policy of ``method_stage(profile, profile.online_method)`` (RRHF or PRO).
+
+    The folder holds ``pairs`` (fresh labelled comparisons: the policy's replies against SFT samples),
+    ``reward/`` (the reward model retrained on old + fresh comparisons), ``rankings`` (lesson 03's candidates + the
+    policy's replies, scored by the new reward model), ``adapter/`` and ``history.json`` (the method trained again
+    from SFT), ``eval.json`` (measured like every method) and ``online.json`` (both reward models on the policy's
+    replies).
+    """
+    from datasets import concatenate_datasets
+
+    from .candidates import build_rankings
+    from .models import load_for_training
+    from .online import label_pairs, ranks_like_gold
+    from .ranking import shorten_rankings, train_ranking
+    from .reward import train_reward_model
+    from .sampling import sample_candidates
+
+    method = profile.online_method
+    if method not in ("rrhf", "pro"):
+        raise ValueError(f"online_method must be 'rrhf' or 'pro', got {method!r}")
+    if not is_tiny_world(profile):
+        raise ValueError("the online round needs labellers for fresh replies: the tiny world has them; on HH-RLHF "
+                         "new comparisons would have to be collected from people")
+    sft, reward, samples = sft_stage(profile), reward_stage(profile), samples_stage(profile)
+    first = method_stage(profile, method)
+    gold_fn = gold_scorer(profile)
+
+    def train_fn(out: Path, ckpt: Path) -> None:
+        # 1. The aligned policy answers lesson 03's training prompts.
+        rankings = load_samples(profile, "rankings")
+        prompts = list(rankings["prompt"])
+        k = profile.online_samples_per_prompt
+        policy, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=first / "adapter",
+                                              trainable=False)
+        replies = sample_candidates(policy, tokenizer, prompts, k, max_new_tokens=profile.max_new_tokens,
+                                    temperature=profile.sample_temperature, top_p=profile.sample_top_p,
+                                    batch_size=profile.generation_batch_size, seed=profile.seed + 2, progress=True)
+        del policy
+        # 2. Labellers compare each of its replies with one of the SFT model's samples for the same prompt.
+        sft_replies = [[r for r, source in zip(row["responses"], row["sources"]) if source == "sft"][:k]
+                       for row in rankings]
+        if any(len(r) < k for r in sft_replies):
+            raise ValueError(f"online_samples_per_prompt={k} needs as many SFT candidates per prompt "
+                             f"(samples_per_prompt={profile.samples_per_prompt})")
+        fresh = label_pairs([p for p in prompts for _ in range(k)], [r for rs in replies for r in rs],
+                            [r for rs in sft_replies for r in rs], gold_fn, profile.world_label_temperature,
+                            profile.seed)
+        fresh.save_to_disk(out / "pairs")
+        # 3. The reward model again, from the SFT model, on the old comparisons plus the fresh ones.
+        old = preference_data(profile, "train", profile.rm_pairs)
+        train_reward_model(profile, sft / "model", concatenate_datasets([old, fresh]),
+                           preference_data(profile, "test", profile.rm_eval_pairs), out / "reward",
+                           checkpoint_dir=ckpt / "reward")
+        (out / "reward" / "normalisation.json").write_text(
+            json.dumps(reward_normalisation(profile, sft / "model", out / "reward")))
+        # 4. Lesson 03's candidates plus the policy's replies, scored by the new reward model.
+        new_rankings = build_rankings(prompts, {"stage03": list(rankings["responses"]), method: replies},
+                                      proxy_scorer(profile, sft, out / "reward"), gold_fn)
+        new_rankings.save_to_disk(out / "rankings")
+        if method == "pro" and profile.pro_ranking_length:
+            new_rankings = shorten_rankings(new_rankings, profile.pro_ranking_length)
+        # 5. The method again, from the SFT model.
+        train_ranking(profile, method, sft / "model", new_rankings, out, checkpoint_dir=ckpt / method)
+
+    def evaluate_fn(out: Path) -> None:
+        import datasets
+
+        from .world import label_agreement
+
+        (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
+        # Both reward models on the aligned policies' held-out replies against the SFT model's, prompt by prompt:
+        # the comparison a reward model must get right to steer a policy away from SFT.
+        measured = evaluation_prompts(profile)
+        sft_replies = json.loads((samples / "sft_eval.json").read_text())["replies"]
+        scorers = {"before": proxy_scorer(profile, sft, reward), "after": proxy_scorer(profile, sft, out / "reward")}
+        fresh = datasets.load_from_disk(out / "pairs")
+        report = {"fresh_pairs": len(fresh), "fresh_label_agreement": label_agreement(fresh)}
+        for name, folder in (("round 1", first), ("round 2", out)):
+            replies = json.loads((folder / "eval.json").read_text())["replies"]
+            report[name] = {rm: ranks_like_gold(score, gold_fn, measured, replies, sft_replies)
+                            for rm, score in scorers.items()}
+        (out / "online.json").write_text(json.dumps(report, indent=1))
+
+    return _build_with_checkpoints("online", profile, ONLINE_FIELDS, [sft, reward, samples, first], train_fn, force,
+                                   evaluate_fn)

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _axes(ax):
@@ -94,4 +95,63 @@ def plot_calibration(cal, ax=None, title: str = "Reward-model calibration"):
     ax.set_ylabel("observed frequency")
     ax.set_title(title)
     ax.legend(loc="upper left")
+    return ax
+
+
+def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = None, *, sqrt_kl: bool = False,
+                  reward: str = "gold", ax=None, legend: bool = True):
+    """Reward against KL from the SFT model (or against sqrt(KL)): the reward-KL frontier of lesson 08.
+
+    ``table`` is :func:`rrhf_lite.compare.results_table` (one marker per method); ``bon_curve`` is best-of-n's exact
+    expectation at every n (a line, at the analytic KL); ``bon_draws`` are best-of-n picks actually drawn (hollow
+    markers); ``trajectories`` maps a name to a PPO run's smoothed rollout history (a path through the plane).
+    ``reward`` is "gold" or "proxy".
+    """
+    ax = _axes(ax)
+    x = (lambda kl: np.sqrt(np.clip(kl, 0, None))) if sqrt_kl else (lambda kl: np.asarray(kl))
+    ax.plot(x(bon_curve["kl_bound"]), bon_curve[reward], "-", color="0.4", label="best-of-n (exact, analytic KL)")
+    if bon_draws is not None:
+        ax.scatter(x(bon_draws["kl_bound"]), bon_draws[reward], facecolors="none", edgecolors="0.4",
+                   label="best-of-n (drawn)")
+    for name, history in (trajectories or {}).items():
+        ax.plot(x(history["kl_smooth"]), history[f"{reward}_reward_smooth"], ":", alpha=0.8,
+                label=f"{name} (training rollouts)")
+    column = f"{reward}_reward"
+    for name, row in table.iterrows():
+        if name.startswith("best-of-"):
+            continue
+        ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name)
+    ax.set_xlabel("sqrt(KL to SFT)  (sqrt nats)" if sqrt_kl else "KL to SFT (nats)")
+    ax.set_ylabel(f"{reward} reward")
+    if legend:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
+
+
+def plot_overoptimisation(history, info: dict, ax=None, x: str = "kl"):
+    """Proxy and gold reward of a PPO run's rollouts against KL (or iteration): points, smoothed lines, the fitted
+    gold curve of :func:`rrhf_lite.compare.gold_fit` (against KL) and its peak, marked."""
+    ax = _axes(ax)
+    xs = history["kl"] if x == "kl" else history[x]
+    for column, label, colour in (("proxy_reward", "proxy (reward model)", "C0"), ("gold_reward", "gold judge", "C1")):
+        ax.scatter(xs, history[column], s=8, alpha=0.35, color=colour)
+        if x != "kl":
+            ax.plot(xs, history[f"{column}_smooth"], color=colour, label=f"{label}, smoothed")
+        else:
+            order = np.argsort(history["kl_smooth"].to_numpy())
+            ax.plot(history["kl_smooth"].to_numpy()[order], history[f"{column}_smooth"].to_numpy()[order],
+                    color=colour, alpha=0.6, label=f"{label}, smoothed")
+    if x == "kl":
+        grid = np.linspace(0, float(history["kl"].max()), 100)
+        d = np.sqrt(grid)
+        ax.plot(grid, info["g0"] + info["alpha"] * d - info["beta"] * d ** 2, "k-", lw=1,
+                label="gold fit  g0 + a·sqrt(KL) - b·KL")
+        at = info["peak_kl"]
+    else:
+        at = info["peak_iteration"]
+    ax.axvline(at, color="k", ls="--", lw=1)
+    ax.annotate("gold peaks", (at, info["gold_at_peak"]), xytext=(6, 10), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("KL to SFT (nats)" if x == "kl" else x)
+    ax.set_ylabel("reward of the rollouts")
+    ax.legend(fontsize=8)
     return ax

@@ -147,6 +147,14 @@ class Profile:
     ppo_no_eos_penalty: float = -1.0  # score given instead of the reward model's to replies that never end
     ppo_value_init: str = "reward"  # value head initialised from the reward model's head ("reward") or at zero ("zero")
 
+    # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
+    overopt_kl_coef: float = 0.02  # fixed beta of the weak-KL PPO run that over-optimises the reward model
+    overopt_iterations: int = 40  # PPO iterations of that run: long enough for gold to peak while proxy climbs
+    overopt_lr: float = 1e-4  # its learning rate: slow enough to see the gold rise before it falls
+    online_method: str = "rrhf"  # the aligned policy that samples the online round's comparisons, trained again
+    online_samples_per_prompt: int = 2  # replies it samples per training prompt: one fresh labelled pair each
+    bon_table_n: tuple[int, ...] = (4, 16)  # best-of-n rows of the results table (n <= bon_n)
+
     # --- evaluation ---------------------------------------------------------------------------------
     eval_prompts: int = 200  # held-out prompts on which samples are drawn and judged
     max_new_tokens: int = 64  # longest sampled reply in tokens
@@ -197,6 +205,7 @@ class ColabT4Profile(Profile):
     sample_prompts: int = 2_000  # HH-RLHF training prompts that get ranked candidates
     samples_per_prompt: int = 2  # SFT samples per prompt (plus 1 base sample and HH's chosen and rejected: 5)
     bon_n: int = 8  # samples per held-out prompt for best-of-n
+    bon_table_n: tuple[int, ...] = (2, 8)  # best-of-n rows of the results table (n <= bon_n)
     generation_batch_size: int = 32  # prompts per generate() call: long HH prompts fill a T4 quickly
     eval_prompts: int = 100  # held-out HH-RLHF prompts to sample on
     max_new_tokens: int = 128  # HH replies are longer than the tiny world's

@@ -1,0 +1,208 @@
+"""Every method side by side (lesson 08): one results table and the numbers behind the frontier plots.
+
+All methods start from the same SFT model and are measured the same way (:func:`pipeline.evaluate_adapter`):
+fresh samples at the sampling temperature on the same held-out prompts, judged by the proxy (the reward model of
+lesson 02) and by the gold judge, KL to the SFT model, gold win rate against the SFT model's replies.
+
+Best-of-n is not trained: it is the SFT model plus a reward model at answer time. Its row is computed exactly from
+``bon_n`` SFT samples per held-out prompt (:func:`best_of_n.best_of_n_expectation`), with the analytic KL
+``log n - (n - 1) / n``; its cost is sampling and scoring ``n`` replies per answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl
+from .pipeline import (
+    load_samples,
+    method_stage,
+    online_stage,
+    policy_samples,
+    samples_stage,
+    sft_stage,
+)
+
+# The table's columns, each measured in the run.
+COLUMNS = {
+    "gold_reward": "mean gold-judge score of held-out replies",
+    "proxy_reward": "mean reward-model score (normalised on SFT samples: SFT is about 0)",
+    "kl": "KL(policy || SFT) in nats per reply, at the sampling temperature (best-of-n: analytic bound)",
+    "win_rate_vs_sft": "share of held-out prompts where the gold judge prefers the reply to SFT's (ties: half)",
+    "train_seconds": "wall time to train (best-of-n: to sample and score its n replies per held-out prompt)",
+    "peak_memory_mb": "peak memory while training (RSS above the start on CPU; allocated memory on a GPU)",
+    "trainable_parameters": "parameters the method updates (LoRA adapters, plus PPO's value head)",
+    "training_samples": "replies sampled from a model to train on (lesson 03's candidates, or PPO's rollouts)",
+    "samples_per_answer": "replies sampled at answer time for one answer",
+}
+# (row name, method, data) of the trained methods, in the order of the lessons.
+TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
+
+
+def weak_kl_profile(profile):
+    """The same PPO with a weak, fixed KL penalty and its own length and learning rate: the run that over-optimises
+    the proxy."""
+    import dataclasses
+
+    return dataclasses.replace(profile, ppo_kl_coef=profile.overopt_kl_coef, ppo_adaptive_kl=False,
+                               ppo_iterations=profile.overopt_iterations, ppo_lr=profile.overopt_lr)
+
+
+def _read(folder: Path, name: str) -> dict:
+    return json.loads((folder / name).read_text())
+
+
+def trained_row(name: str, folder: Path, profile, method: str, data: str = "pairs") -> dict:
+    """One trained policy's row: its ``eval.json`` report and ``cost.json``."""
+    report, cost = _read(folder, "eval.json")["report"], _read(folder, "cost.json")
+    return {"method": name, "gold_reward": report.get("gold_reward", np.nan), "proxy_reward": report["proxy_reward"],
+            "kl": report["kl"], "win_rate_vs_sft": report.get("win_rate_vs_sft", np.nan),
+            "train_seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"],
+            "trainable_parameters": cost["trainable_parameters"],
+            "training_samples": policy_samples(profile, method, data), "samples_per_answer": 1}
+
+
+def sft_row(profile) -> dict:
+    """The baseline: SFT measured on the held-out prompts; its KL to itself is 0 and it ties with itself."""
+    baseline = _read(samples_stage(profile), "sft_eval.json")
+    report, cost = baseline["report"], _read(sft_stage(profile), "cost.json")
+    gold = baseline["gold"]
+    return {"method": "SFT", "gold_reward": report.get("gold_reward", np.nan), "proxy_reward": report["proxy_reward"],
+            "kl": report["kl"], "win_rate_vs_sft": 0.5 if gold else np.nan, "train_seconds": cost["seconds"],
+            "peak_memory_mb": cost["peak_memory_mb"], "trainable_parameters": cost["trainable_parameters"],
+            "training_samples": 0, "samples_per_answer": 1}
+
+
+def best_of_n_scores(profile) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[prompts, bon_n]`` proxy and gold scores of the SFT model's samples on the held-out prompts."""
+    bon = load_samples(profile, "best_of_n")
+    proxy = torch.tensor(bon["scores"], dtype=torch.float64)
+    gold = torch.tensor(bon["gold_scores"], dtype=torch.float64) if "gold_scores" in bon.column_names else None
+    return proxy, gold
+
+
+def baseline_gold_per_prompt(profile) -> torch.Tensor:
+    """``[prompts, eval_samples_per_prompt]`` gold scores of the SFT baseline's replies, per held-out prompt."""
+    gold = torch.tensor(_read(samples_stage(profile), "sft_eval.json")["gold"], dtype=torch.float64)
+    return gold.reshape(profile.eval_samples_per_prompt, -1).T
+
+
+def best_of_n_rows(profile) -> list[dict]:
+    """Best-of-n rows, exact expectations over all ``C(bon_n, n)`` subsets of the SFT samples."""
+    proxy, gold = best_of_n_scores(profile)
+    cost = _read(samples_stage(profile), "best_of_n_cost.json")
+    rows = []
+    for n in profile.bon_table_n:
+        row = {"method": f"best-of-{n}", "proxy_reward": best_of_n_expectation(proxy, proxy, n).mean().item(),
+               "kl": best_of_n_kl(n), "train_seconds": cost["seconds"] * n / profile.bon_n,
+               "peak_memory_mb": cost["peak_memory_mb"], "trainable_parameters": 0, "training_samples": 0,
+               "samples_per_answer": n, "gold_reward": np.nan, "win_rate_vs_sft": np.nan}
+        if gold is not None:
+            row["gold_reward"] = best_of_n_expectation(proxy, gold, n).mean().item()
+            # win rate: the expected value, over the subsets, of "the selected reply beats the SFT reply" (ties 1/2)
+            base = baseline_gold_per_prompt(profile)
+            wins = [((gold > base[:, [j]]).double() + 0.5 * (gold == base[:, [j]]).double()) for j in
+                    range(base.shape[1])]
+            row["win_rate_vs_sft"] = float(np.mean([best_of_n_expectation(proxy, w, n).mean().item() for w in wins]))
+        rows.append(row)
+    return rows
+
+
+def results_table(profile, *, weak_kl: bool = True, online: bool = True) -> pd.DataFrame:
+    """One row per method (SFT, best-of-n, RRHF, PRO, DPO, PPO; PPO with a weak KL penalty and the online round's
+    retrained policy when asked), the columns of :data:`COLUMNS`. Trains whatever is not cached yet."""
+    rows = [sft_row(profile), *best_of_n_rows(profile)]
+    rows += [trained_row(name, method_stage(profile, method, data), profile, method, data)
+             for name, method, data in TRAINED]
+    if weak_kl:
+        weak = weak_kl_profile(profile)
+        rows.append(trained_row("PPO, weak KL", method_stage(weak, "ppo"), weak, "ppo"))
+    if online:
+        method = profile.online_method
+        row = trained_row(f"{method.upper()}, online round", online_stage(profile), profile, method)
+        # lesson 03's candidates (counted by trained_row) plus the replies the round-1 policy sampled for labels
+        row["training_samples"] += profile.sample_prompts * profile.online_samples_per_prompt
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")[list(COLUMNS)]
+
+
+def best_of_n_frontier(profile, ns: list[int] | None = None) -> pd.DataFrame:
+    """Best-of-n for every ``n`` up to ``bon_n``: analytic KL, exact expected proxy and gold (the curve)."""
+    proxy, gold = best_of_n_scores(profile)
+    return pd.DataFrame(best_of_n_curve(proxy, gold, ns or list(range(1, profile.bon_n + 1))))
+
+
+def best_of_n_draws(profile, ns: list[int] | None = None) -> pd.DataFrame:
+    """Best-of-n actually drawn: for each prompt, the proxy's pick among its *first* ``n`` samples (the measured
+    points that scatter around the exact curve)."""
+    proxy, gold = best_of_n_scores(profile)
+    rows = []
+    for n in ns or [2 ** k for k in range(int(np.log2(profile.bon_n)) + 1)]:
+        pick = proxy[:, :n].argmax(dim=1, keepdim=True)
+        row = {"n": n, "kl_bound": best_of_n_kl(n), "proxy": proxy[:, :n].gather(1, pick).mean().item()}
+        if gold is not None:
+            row["gold"] = gold[:, :n].gather(1, pick).mean().item()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def training_trajectory(folder: Path, smooth: int = 5) -> pd.DataFrame:
+    """A PPO run's rollouts: iteration, KL, proxy and gold reward, and their moving averages over ``smooth``
+    iterations (each rollout has only ``ppo_rollout_prompts`` replies, so single points are noisy)."""
+    history = pd.DataFrame(_read(folder, "history.json")["history"])
+    columns = [c for c in ("kl", "proxy_reward", "gold_reward") if c in history and history[c].notna().any()]
+    for c in columns:
+        history[f"{c}_smooth"] = history[c].rolling(smooth, min_periods=1, center=True).mean()
+    return history
+
+
+def gold_fit(kl, gold) -> dict:
+    """Least-squares fit of Gao et al.'s (2022) form for RL, ``gold = g0 + alpha * d - beta * d**2`` with
+    ``d = sqrt(KL)``: the gold reward rises, peaks at ``d* = alpha / (2 beta)`` and falls. Returns the coefficients and
+    the peak (``peak_kl = d*^2``; 0 when the fitted curve never rises)."""
+    d = np.sqrt(np.clip(np.asarray(kl, dtype=float), 0, None))
+    design = np.stack([np.ones_like(d), d, -d ** 2], axis=1)
+    (g0, alpha, beta), *_ = np.linalg.lstsq(design, np.asarray(gold, dtype=float), rcond=None)
+    peak_d = alpha / (2 * beta) if alpha > 0 and beta > 0 else 0.0
+    return {"g0": g0, "alpha": alpha, "beta": beta, "peak_kl": peak_d ** 2,
+            "gold_at_peak": g0 + alpha * peak_d - beta * peak_d ** 2}
+
+
+def overoptimisation(history: pd.DataFrame, tail: int = 5) -> dict:
+    """Where the gold reward peaks in a PPO run and what the proxy does afterwards (Gao et al. 2022).
+
+    Single rollouts are noisy, so the peak comes from :func:`gold_fit` over all rollouts; ``peak_iteration`` is
+    the iteration where the smoothed KL first crosses it. The proxy and gold reward "at the peak" are the smoothed
+    values there; "at the end", the mean of the last ``tail`` rollouts. ``proxy_gain_after_peak > 0`` together with
+    ``gold_loss_after_peak > 0`` is over-optimisation: the proxy still climbs while the gold reward falls.
+    """
+    fit = gold_fit(history["kl"], history["gold_reward"])
+    positions = np.flatnonzero(history["kl_smooth"].to_numpy() >= fit["peak_kl"])
+    at = int(positions[0]) if len(positions) else len(history) - 1
+    if at > 0 and abs(history["kl_smooth"].iloc[at - 1] - fit["peak_kl"]) < abs(history["kl_smooth"].iloc[at] -
+                                                                                 fit["peak_kl"]):
+        at -= 1  # the crossing's nearer side
+    peak = history.index[at]
+    end = history.tail(tail)
+    return {**fit, "peak_iteration": int(history.loc[peak, "iteration"]),
+            "proxy_at_peak": float(history.loc[peak, "proxy_reward_smooth"]),
+            "proxy_at_end": float(end["proxy_reward"].mean()), "gold_at_end": float(end["gold_reward"].mean()),
+            "proxy_gain_after_peak": float(end["proxy_reward"].mean() - history.loc[peak, "proxy_reward_smooth"]),
+            "gold_loss_after_peak": float(fit["gold_at_peak"] - end["gold_reward"].mean())}
+
+
+def save_results(table: pd.DataFrame, profile, name: str = "results") -> tuple[Path, Path]:
+    """Write the table as ``runs/<profile>/<name>.csv`` and ``.json`` (with the column descriptions)."""
+    folder = profile.runs_path
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, js = folder / f"{name}.csv", folder / f"{name}.json"
+    table.to_csv(csv)
+    payload = {"profile": profile.name, "columns": COLUMNS,
+               "rows": json.loads(table.reset_index().to_json(orient="records"))}
+    js.write_text(json.dumps(payload, indent=1))
+    return csv, js
