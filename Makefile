@@ -1,6 +1,7 @@
 # rrhf-lite: two commands on a fresh machine.
 #   make main   installs into .venv, then runs every lesson notebook on the tiny profile
-#               (executed copies in runs/tiny/notebooks/, figures in runs/tiny/figures/)
+#               (executed copies in runs/tiny/notebooks/, figures in runs/tiny/figures/, the side-by-side
+#               results table of lesson 08 in runs/tiny/results.csv and results.json)
 #   make test   installs into .venv if needed, then runs the unit tests and executes every notebook
 #
 # torch is installed first, pinned (TORCH=...), so that pip never swaps it for another build.
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 main: install
 	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute \
 	  --ExecutePreprocessor.timeout=1800 --output-dir runs/$(PROFILE)/notebooks notebooks/*.ipynb
-	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/"
+	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"
 
 # Two pytest workers with one torch thread each: on a 2-core machine that is faster than two workers fighting
 # over two threads each (OpenMP oversubscription slows tiny models down several-fold).

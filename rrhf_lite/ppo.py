@@ -96,7 +96,8 @@ class PolicyAndValue(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, T, vocab]`` and values ``[B, T]`` (``V_t``: the value of the text up to and including t)."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True,
+                          use_cache=False)
         values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # the last layer, after the final norm
         return out.logits, values
 

@@ -60,7 +60,8 @@ def collate_comparisons(rows: list[dict], pad_token_id: int) -> dict[str, torch.
 
 def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``r(x, y)`` for every sequence of a right-padded batch: the head's output at the last non-padding token."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 use_cache=False).logits.squeeze(-1).float()
 
 
 def reward_step(model, batch: dict, center_coef: float = 0.0) -> tuple[torch.Tensor, dict]:

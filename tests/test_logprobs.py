@@ -85,12 +85,14 @@ def test_truncation_keeps_the_reply_and_the_end_of_the_prompt(tok_and_model):
     assert sum(cut["response_mask"]) == sum(full["response_mask"])
 
 
-def test_temperature_scales_logits(tok_and_model):
+def test_temperature_divides_the_logits(tok_and_model):
     tokenizer, model = tok_and_model
     batch = pad_batch([tokenize_pair(tokenizer, *PAIRS[1], 128)], tokenizer.pad_token_id)
     with torch.no_grad():
-        hot, cold = sequence_logprobs(model, batch, temperature=2.0), sequence_logprobs(model, batch)
-    assert torch.allclose(hot.logits * 2.0, cold.logits, atol=1e-5)
+        hot = sequence_logprobs(model, batch, temperature=2.0)
+        logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits[:, :-1] / 2.0
+    by_hand = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0] * hot.mask
+    assert torch.allclose(hot.token_logps, by_hand, atol=1e-5)
 
 
 def test_bad_padding_side():
