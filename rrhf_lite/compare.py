@@ -20,6 +20,7 @@ import torch
 
 from .best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl
 from .pipeline import (
+    is_tiny_world,
     load_samples,
     method_stage,
     online_stage,
@@ -113,9 +114,13 @@ def best_of_n_rows(profile) -> list[dict]:
     return rows
 
 
-def results_table(profile, *, weak_kl: bool = True, online: bool = True) -> pd.DataFrame:
+def results_table(profile, *, weak_kl: bool = True, online: bool | None = None) -> pd.DataFrame:
     """One row per method (SFT, best-of-n, RRHF, PRO, DPO, PPO; PPO with a weak KL penalty and the online round's
-    retrained policy when asked), the columns of :data:`COLUMNS`. Trains whatever is not cached yet."""
+    retrained policy when asked), the columns of :data:`COLUMNS`. Trains whatever is not cached yet.
+
+    ``online`` defaults to whether the profile has labellers for fresh replies (the tiny world does; HH-RLHF not).
+    """
+    online = is_tiny_world(profile) if online is None else online
     rows = [sft_row(profile), *best_of_n_rows(profile)]
     rows += [trained_row(name, method_stage(profile, method, data), profile, method, data)
              for name, method, data in TRAINED]
