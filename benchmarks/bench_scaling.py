@@ -161,9 +161,7 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
             for start in range(0, n, profile.ppo_minibatch_size):  # the chunks collect_rollout uses
                 chunk = {k: v[start:start + profile.ppo_minibatch_size] for k, v in batch.items()}
                 with common.Stopwatch() as sw:
-                    logits, logprobs, values = ppo.policy_forward(model, chunk, temperature)
-                    mask = chunk["response_mask"][:, 1:].to(logprobs.dtype)
-                    ent = ppo.entropy(logits) * mask
+                    ent, logprobs, values = ppo.policy_forward(model, chunk, temperature, with_entropy=True)
                 policy_s += sw.seconds
                 with common.Stopwatch() as sw:
                     ref = ppo.reference_logprobs(model, chunk, temperature)

@@ -94,6 +94,41 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
 
 
+def response_window(batch: dict[str, torch.Tensor]) -> int:
+    """The first position (of the ``seq_len - 1`` that predict a next token) that predicts a response token.
+
+    A model asked for its last ``seq_len - first`` logits (``logits_to_keep``) covers every response token of the
+    batch: prompts, the long part of HH-RLHF dialogues, need no logits at all.
+    """
+    mask = batch["response_mask"][:, 1:].bool()
+    rows = mask.any(dim=1)
+    return int(mask.float().argmax(dim=1)[rows].min()) if rows.any() else mask.shape[1] - 1
+
+
+def response_token_logprobs(logits: torch.Tensor, batch: dict[str, torch.Tensor], first: int,
+                            temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probs ``[batch, seq_len - 1]`` of the response tokens (0 elsewhere) from the logits of positions
+    ``first .. seq_len - 2`` (``logits``: ``[batch, seq_len - 1 - first, vocab]``), and the response mask.
+
+    Only positions that predict response tokens are cast to float32 and divided by ``temperature``; with
+    ``with_entropy`` the entropy of the next-token distribution there is returned too (else None).
+    """
+    labels = batch["input_ids"][:, 1 + first:]
+    kept = batch["response_mask"][:, 1 + first:].bool()
+    picked = logits[kept].float()  # [response tokens, vocab]
+    if temperature != 1.0:
+        picked = picked / temperature
+    log_softmax = F.log_softmax(picked, dim=-1)
+    values = log_softmax.gather(-1, labels[kept][:, None])[:, 0]
+
+    def to_grid(v: torch.Tensor) -> torch.Tensor:  # back to [batch, seq_len - 1], zeros outside the response
+        return F.pad(torch.zeros(kept.shape, dtype=v.dtype, device=v.device).masked_scatter(kept, v), (first, 0))
+
+    entropy = to_grid(-(log_softmax.exp() * log_softmax).sum(-1)) if with_entropy else None
+    logps = to_grid(values)
+    return logps, batch["response_mask"][:, 1:].to(logps.dtype), entropy
+
+
 def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> SequenceLogprobs:
     """One forward pass; log-probs of the response tokens of every sequence in ``batch``.
 
@@ -102,26 +137,15 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float 
 
     Memory: a ``[batch, seq_len, vocab]`` logits tensor is the largest thing in a small model's step (with a
     150k-token vocabulary and 512 tokens, 16 sequences of it are 5 GB in fp16, twice that in fp32). So the model
-    computes logits only from the first position that predicts a response token on (``logits_to_keep``: prompts
-    are the long part of HH-RLHF dialogues), and only the positions that predict response tokens are cast to
-    float32 and normalised; no key/value cache is built (``use_cache=False``), since nothing is generated.
+    computes logits only from the first position that predicts a response token on (``logits_to_keep``, see
+    :func:`response_window`), and only the positions that predict response tokens are cast to float32 and
+    normalised; no key/value cache is built (``use_cache=False``), since nothing is generated.
     """
-    labels = batch["input_ids"][:, 1:]
-    mask = batch["response_mask"][:, 1:].bool()  # position t predicts token t + 1
-    width = mask.shape[1]
-    rows_with_response = mask.any(dim=1)
-    first = int(mask.float().argmax(dim=1)[rows_with_response].min()) if rows_with_response.any() else width - 1
+    first = response_window(batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False,
-                   logits_to_keep=width - first + 1).logits[:, :-1]  # predictions for positions first .. width - 1
-    kept = mask[:, first:]
-    picked = logits[kept].float()  # [response tokens, vocab]
-    if temperature != 1.0:
-        picked = picked / temperature
-    values = -F.cross_entropy(picked, labels[:, first:][kept], reduction="none")
-    logps = F.pad(torch.zeros(kept.shape, dtype=values.dtype, device=values.device).masked_scatter(kept, values),
-                  (first, 0))
-    mask = mask.to(logps.dtype)
+                   logits_to_keep=batch["input_ids"].shape[1] - first).logits[:, :-1]
+    logps, mask, _ = response_token_logprobs(logits, batch, first, temperature)
     return SequenceLogprobs(token_logps=logps, mask=mask, sum=logps.sum(-1), count=mask.sum(-1))
 
 

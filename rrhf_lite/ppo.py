@@ -64,11 +64,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .logprobs import pad_batch, position_ids_from_mask, sequence_logprobs, token_logprobs
+from .logprobs import (
+    pad_batch,
+    position_ids_from_mask,
+    response_token_logprobs,
+    response_window,
+    sequence_logprobs,
+)
 from .loop import CHECKPOINT_FILE
 from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
 from .models import count_parameters, load_for_training
@@ -93,11 +98,13 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = nn.Linear(policy.config.hidden_size, 1, device=policy.device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, T, vocab]`` and values ``[B, T]`` (``V_t``: the value of the text up to and including t)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, T, vocab]`` (only the last ``logits_to_keep`` positions if > 0) and values ``[B, T]``
+        (``V_t``: the value of the text up to and including t)."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True,
-                          use_cache=False)
+                          use_cache=False, logits_to_keep=logits_to_keep)
         values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # the last layer, after the final norm
         return out.logits, values
 
@@ -174,19 +181,21 @@ def load_models(profile, sft_dir: Path, reward_dir: Path):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def policy_forward(model: PolicyAndValue, batch: dict[str, torch.Tensor],
-                   temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward pass of policy and value. Returns ``(logits, logprobs, values)``, each cut to ``[B, T - 1]``.
+def policy_forward(model: PolicyAndValue, batch: dict[str, torch.Tensor], temperature: float,
+                   with_entropy: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One forward pass of policy and value. Returns ``(entropy, logprobs, values)``, each ``[B, T - 1]``, 0 outside
+    the reply.
 
-    ``logits`` (divided by ``temperature``) predict each next token; ``logprobs`` is the log-prob of the token that
-    is actually there; ``values[:, t]`` is the value of the state in which token t + 1 was chosen. The last two are
-    0 outside the reply.
+    ``logprobs[:, t]`` is the log-prob (at ``temperature``) of token t + 1, the one actually there; ``values[:, t]``
+    is the value of the state in which it was chosen; ``entropy`` (None unless ``with_entropy``) is the entropy of
+    the policy's next-token distribution there. Logits are computed for the reply positions only
+    (:func:`rrhf_lite.logprobs.response_window`): a ``[B, T, vocab]`` tensor is what fills a GPU first.
     """
-    logits, values = model(batch["input_ids"], batch["attention_mask"])
-    logits = logits[:, :-1].float() / temperature
-    mask = batch["response_mask"][:, 1:].to(logits.dtype)
-    logprobs = token_logprobs(logits, batch["input_ids"][:, 1:]) * mask
-    return logits, logprobs, values[:, :-1] * mask
+    first = response_window(batch)
+    logits, values = model(batch["input_ids"], batch["attention_mask"],
+                           logits_to_keep=batch["input_ids"].shape[1] - first)
+    logprobs, mask, entropy_ = response_token_logprobs(logits[:, :-1], batch, first, temperature, with_entropy)
+    return entropy_, logprobs, values[:, :-1] * mask
 
 
 @torch.no_grad()
@@ -197,12 +206,6 @@ def reference_logprobs(model: PolicyAndValue, batch: dict[str, torch.Tensor], te
     """
     with model.policy.disable_adapter():
         return sequence_logprobs(model.policy, batch, temperature)
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution softmax(logits) at every position, in nats: ``[B, T - 1]``."""
-    logps = F.log_softmax(logits, dim=-1)
-    return -(logps.exp() * logps).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -269,11 +272,10 @@ def collect_rollout(model: PolicyAndValue, tokenizer, reward_fn, prompts: list[s
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(prompts), profile.ppo_minibatch_size):  # a few rows at a time: logits are large
         chunk = {k: v[start:start + profile.ppo_minibatch_size] for k, v in batch.items()}
-        logits, logprobs, values = policy_forward(model, chunk, temperature)
+        entropy_, logprobs, values = policy_forward(model, chunk, temperature, with_entropy=True)
         ref = reference_logprobs(model, chunk, temperature)
-        mask = ref.mask
-        for key, value in (("mask", mask), ("logprobs", logprobs), ("ref_logprobs", ref.token_logps),
-                           ("values", values), ("entropy", entropy(logits) * mask)):
+        for key, value in (("mask", ref.mask), ("logprobs", logprobs), ("ref_logprobs", ref.token_logps),
+                           ("values", values), ("entropy", entropy_)):
             parts.setdefault(key, []).append(value)
     model.train(was_training)
     replies = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generation.reply_ids]
