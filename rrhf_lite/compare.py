@@ -58,25 +58,29 @@ def _read(folder: Path, name: str) -> dict:
     return json.loads((folder / name).read_text())
 
 
+def _row(name: str, report: dict, cost: dict, *, win_rate: float | None = None, training_samples: int,
+         samples_per_answer: int = 1, trainable_parameters: int | None = None) -> dict:
+    """One row of the table from a policy report (``policy_report``'s keys) and a ``cost.json``."""
+    return {"method": name, "gold_reward": report.get("gold_reward", np.nan), "proxy_reward": report["proxy_reward"],
+            "kl": report["kl"],
+            "win_rate_vs_sft": report.get("win_rate_vs_sft", np.nan) if win_rate is None else win_rate,
+            "train_seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"],
+            "trainable_parameters": cost["trainable_parameters"] if trainable_parameters is None
+            else trainable_parameters,
+            "training_samples": training_samples, "samples_per_answer": samples_per_answer}
+
+
 def trained_row(name: str, folder: Path, profile, method: str, data: str = "pairs") -> dict:
     """One trained policy's row: its ``eval.json`` report and ``cost.json``."""
-    report, cost = _read(folder, "eval.json")["report"], _read(folder, "cost.json")
-    return {"method": name, "gold_reward": report.get("gold_reward", np.nan), "proxy_reward": report["proxy_reward"],
-            "kl": report["kl"], "win_rate_vs_sft": report.get("win_rate_vs_sft", np.nan),
-            "train_seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"],
-            "trainable_parameters": cost["trainable_parameters"],
-            "training_samples": policy_samples(profile, method, data), "samples_per_answer": 1}
+    return _row(name, _read(folder, "eval.json")["report"], _read(folder, "cost.json"),
+                training_samples=policy_samples(profile, method, data))
 
 
 def sft_row(profile) -> dict:
     """The baseline: SFT measured on the held-out prompts; its KL to itself is 0 and it ties with itself."""
     baseline = _read(samples_stage(profile), "sft_eval.json")
-    report, cost = baseline["report"], _read(sft_stage(profile), "cost.json")
-    gold = baseline["gold"]
-    return {"method": "SFT", "gold_reward": report.get("gold_reward", np.nan), "proxy_reward": report["proxy_reward"],
-            "kl": report["kl"], "win_rate_vs_sft": 0.5 if gold else np.nan, "train_seconds": cost["seconds"],
-            "peak_memory_mb": cost["peak_memory_mb"], "trainable_parameters": cost["trainable_parameters"],
-            "training_samples": 0, "samples_per_answer": 1}
+    return _row("SFT", baseline["report"], _read(sft_stage(profile), "cost.json"),
+                win_rate=0.5 if baseline["gold"] else np.nan, training_samples=0)
 
 
 def best_of_n_scores(profile) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -97,20 +101,20 @@ def best_of_n_rows(profile) -> list[dict]:
     """Best-of-n rows, exact expectations over all ``C(bon_n, n)`` subsets of the SFT samples."""
     proxy, gold = best_of_n_scores(profile)
     cost = _read(samples_stage(profile), "best_of_n_cost.json")
+    if gold is not None:
+        # per SFT baseline reply of each prompt: does each sample beat it? (ties count half)
+        base = baseline_gold_per_prompt(profile)
+        wins = [(gold > base[:, [j]]).double() + 0.5 * (gold == base[:, [j]]).double() for j in range(base.shape[1])]
     rows = []
     for n in profile.bon_table_n:
-        row = {"method": f"best-of-{n}", "proxy_reward": best_of_n_expectation(proxy, proxy, n).mean().item(),
-               "kl": best_of_n_kl(n), "train_seconds": cost["seconds"] * n / profile.bon_n,
-               "peak_memory_mb": cost["peak_memory_mb"], "trainable_parameters": 0, "training_samples": 0,
-               "samples_per_answer": n, "gold_reward": np.nan, "win_rate_vs_sft": np.nan}
+        report = {"proxy_reward": best_of_n_expectation(proxy, proxy, n).mean().item(), "kl": best_of_n_kl(n)}
+        win_rate = np.nan
         if gold is not None:
-            row["gold_reward"] = best_of_n_expectation(proxy, gold, n).mean().item()
-            # win rate: the expected value, over the subsets, of "the selected reply beats the SFT reply" (ties 1/2)
-            base = baseline_gold_per_prompt(profile)
-            wins = [((gold > base[:, [j]]).double() + 0.5 * (gold == base[:, [j]]).double()) for j in
-                    range(base.shape[1])]
-            row["win_rate_vs_sft"] = float(np.mean([best_of_n_expectation(proxy, w, n).mean().item() for w in wins]))
-        rows.append(row)
+            report["gold_reward"] = best_of_n_expectation(proxy, gold, n).mean().item()
+            # win rate: the expected value, over the subsets, of "the selected reply beats the SFT reply"
+            win_rate = float(np.mean([best_of_n_expectation(proxy, w, n).mean().item() for w in wins]))
+        rows.append(_row(f"best-of-{n}", report, {**cost, "seconds": cost["seconds"] * n / profile.bon_n},
+                         win_rate=win_rate, training_samples=0, samples_per_answer=n, trainable_parameters=0))
     return rows
 
 

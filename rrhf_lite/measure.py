@@ -71,9 +71,9 @@ class CostMeter:
             self._process = psutil.Process()
             self._start_bytes = self._peak_bytes = self._process.memory_info().rss
             self._kernel_peak = _reset_peak_rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample_rss, daemon=True)
             if not self._kernel_peak:
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._sample_rss, daemon=True)
                 self._thread.start()
         self._t0 = time.perf_counter()
         return self

@@ -138,17 +138,22 @@ def sft_stage(profile, force: bool = False) -> Path:
         lambda out, ckpt: train_sft(profile, base, sft_data(profile), out, checkpoint_dir=ckpt), force)
 
 
-def reward_stage(profile, force: bool = False) -> Path:
-    """The reward-model stage folder: a LoRA adapter with a scalar head on top of the SFT model."""
+def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path) -> None:
+    """Train a reward model from the SFT model on ``train_pairs`` (held-out accuracy on the test comparisons) into
+    ``out``: its adapter and ``history.json``, and ``normalisation.json`` for :func:`proxy_scorer`."""
     from .reward import train_reward_model
 
+    eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
+    train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt)
+    (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
+
+
+def reward_stage(profile, force: bool = False) -> Path:
+    """The reward-model stage folder: a LoRA adapter with a scalar head on top of the SFT model."""
     sft = sft_stage(profile)
 
     def train_fn(out: Path, ckpt: Path):
-        train_pairs = preference_data(profile, "train", profile.rm_pairs)
-        eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
-        train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt)
-        (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
+        train_reward_folder(profile, sft, preference_data(profile, "train", profile.rm_pairs), out, ckpt)
 
     return _build_with_checkpoints("reward", profile, REWARD_FIELDS, [sft], train_fn, force)
 
@@ -365,7 +370,6 @@ def online_stage(profile, force: bool = False) -> Path:
     from .models import load_for_training
     from .online import label_pairs, ranks_like_gold
     from .ranking import shorten_rankings, train_ranking
-    from .reward import train_reward_model
     from .sampling import sample_candidates
 
     method = profile.online_method
@@ -401,11 +405,7 @@ def online_stage(profile, force: bool = False) -> Path:
         fresh.save_to_disk(out / "pairs")
         # 3. The reward model again, from the SFT model, on the old comparisons plus the fresh ones.
         old = preference_data(profile, "train", profile.rm_pairs)
-        train_reward_model(profile, sft / "model", concatenate_datasets([old, fresh]),
-                           preference_data(profile, "test", profile.rm_eval_pairs), out / "reward",
-                           checkpoint_dir=ckpt / "reward")
-        (out / "reward" / "normalisation.json").write_text(
-            json.dumps(reward_normalisation(profile, sft / "model", out / "reward")))
+        train_reward_folder(profile, sft, concatenate_datasets([old, fresh]), out / "reward", ckpt / "reward")
         # 4. Lesson 03's candidates plus the policy's replies, scored by the new reward model.
         new_rankings = build_rankings(prompts, {"stage03": list(rankings["responses"]), method: replies},
                                       proxy_scorer(profile, sft, out / "reward"), gold_fn)
