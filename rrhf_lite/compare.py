@@ -20,7 +20,7 @@ import torch
 
 from .best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl
 from .pipeline import (
-    is_tiny_world,
+    has_gold,
     load_samples,
     method_stage,
     online_stage,
@@ -31,7 +31,7 @@ from .pipeline import (
 
 # The table's columns, each measured in the run.
 COLUMNS = {
-    "gold_reward": "mean gold-judge score of held-out replies",
+    "gold_reward": "mean gold-judge score of held-out replies (real profiles: the judge model, normalised on SFT)",
     "proxy_reward": "mean reward-model score (normalised on SFT samples: SFT is about 0)",
     "kl": "KL(policy || SFT) in nats per reply, at the sampling temperature (best-of-n: analytic bound)",
     "win_rate_vs_sft": "share of held-out prompts where the gold judge prefers the reply to SFT's (ties: half)",
@@ -122,9 +122,10 @@ def results_table(profile, *, weak_kl: bool = True, online: bool | None = None) 
     """One row per method (SFT, best-of-n, RRHF, PRO, DPO, PPO; PPO with a weak KL penalty and the online round's
     retrained policy when asked), the columns of :data:`COLUMNS`. Trains whatever is not cached yet.
 
-    ``online`` defaults to whether the profile has labellers for fresh replies (the tiny world does; HH-RLHF not).
+    ``online`` defaults to whether the profile has labellers for fresh replies: the tiny world's, or on real data
+    the judge model's scores seen through Bradley-Terry noise.
     """
-    online = is_tiny_world(profile) if online is None else online
+    online = has_gold(profile) if online is None else online
     rows = [sft_row(profile), *best_of_n_rows(profile)]
     rows += [trained_row(name, method_stage(profile, method, data), profile, method, data)
              for name, method, data in TRAINED]

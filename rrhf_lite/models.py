@@ -165,19 +165,18 @@ def lora_config(profile, task_type: str) -> LoraConfig:
                       target_modules=list(profile.lora_target_modules), task_type=task_type)
 
 
-def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: str | Path | None = None,
-                      trainable: bool = True):
-    """Load ``path`` for training with LoRA (QLoRA on 4-bit profiles). Returns ``(model, tokenizer)``.
+def load_model(path: str | Path, profile, *, head: str = "lm"):
+    """Load ``path`` frozen, as every stage of a profile sees it, without adapters. Returns ``(model, tokenizer)``.
+
+    In the profile's ``compute_dtype``; in 4-bit NF4 on QLoRA profiles (``load_in_4bit``), prepared for k-bit
+    training. The same loader serves sampling and scoring (:func:`rrhf_lite.pipeline.load_policy`) and training
+    (:func:`load_for_training`), so "the SFT model" is one model everywhere: on a 4-bit profile the baseline's
+    samples come from the same quantised weights that the methods start from and measure their KL against.
 
     Args:
         path: a saved model folder or a hub id (the base, or an SFT model with its adapter merged in).
-        head: ``"lm"`` for a causal LM (SFT, DPO, RRHF, PRO, the PPO policy) or ``"reward"`` for a scalar reward
-            head on the last non-padding token (``AutoModelForSequenceClassification`` with one label).
-        adapter: a folder saved by ``model.save_pretrained`` to continue from, or None for fresh adapters.
-        trainable: False loads the adapter frozen (for scoring only).
-
-    Only the LoRA matrices (and a reward head) receive gradients; the base stays frozen, which is what lets the
-    frozen base double as the reference model (adapters disabled) in DPO and PPO.
+        head: ``"lm"`` for a causal LM or ``"reward"`` for a scalar reward head on the last non-padding token
+            (``AutoModelForSequenceClassification`` with one label; a fresh head is initialised from the seed).
     """
     if head not in ("lm", "reward"):
         raise ValueError(f"head must be 'lm' or 'reward', got {head!r}")
@@ -198,6 +197,23 @@ def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: s
             disable_cpu_4bit_repacking(model)
     elif profile.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: str | Path | None = None,
+                      trainable: bool = True):
+    """Load ``path`` for training with LoRA (QLoRA on 4-bit profiles). Returns ``(model, tokenizer)``.
+
+    Args:
+        path, head: as for :func:`load_model`: ``"lm"`` (SFT, DPO, RRHF, PRO, the PPO policy) or ``"reward"``.
+        adapter: a folder saved by ``model.save_pretrained`` to continue from, or None for fresh adapters.
+        trainable: False loads the adapter frozen (for scoring only).
+
+    Only the LoRA matrices (and a reward head) receive gradients; the base stays frozen, which is what lets the
+    frozen base double as the reference model (adapters disabled) in DPO and PPO. Fresh adapters start with
+    ``B = 0``: the model before training computes exactly what :func:`load_model` gives.
+    """
+    model, tokenizer = load_model(path, profile, head=head)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     else:

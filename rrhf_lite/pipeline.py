@@ -12,7 +12,10 @@ the profile fields it depends on, so changing one of them builds a new entry ins
     rrhf, pro, dpo-<data>, ppo   one method each, trained from SFT (see :func:`method_stage`)
     online  one round of online data collection (Bai et al. 2022), see :func:`online_stage`
 
-This module also says which data each profile uses: the tiny world, or Anthropic's HH-RLHF.
+    judge   real profiles only: the normalisation of the gold judge (``profile.judge_model``) on SFT samples
+
+Which data a profile uses (the tiny world, HH-RLHF, local files) is :mod:`rrhf_lite.sources`; where the base model,
+data and judge of the ``rehearsal`` profile come from is :mod:`rrhf_lite.standins`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,19 @@ from pathlib import Path
 
 from .measure import CostMeter
 from .pretrain import train_base_model
+from .sources import (  # noqa: F401  (re-exported: the notebooks import them from here)
+    candidate_prompts,
+    comparison_prompts,
+    eval_prompts,
+    evaluation_prompts,
+    gold_name,
+    has_gold,
+    is_tiny_world,
+    preference_data,
+    sft_data,
+)
 from .stages import build_or_load, checkpoint_dir
-from .world import TinyWorld
+from .standins import resolve
 
 WORLD_FIELDS = ("seed", "dataset", "world_harmful_fraction", "world_label_temperature", "world_test_fraction")
 BASE_FIELDS = WORLD_FIELDS + ("base_model", "pretrain_dialogues", "tokenizer_vocab_size", "n_layer", "n_head",
@@ -60,43 +74,6 @@ DPO_DATA = ("pairs", "filtered", "labels")
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Data for a profile: the tiny world, or HH-RLHF
-# ------------------------------------------------------------------------------------------------------------
-def is_tiny_world(profile) -> bool:
-    return profile.dataset == "tiny-world"
-
-
-def sft_data(profile):
-    """Demonstrations, ``prompt/completion``: the world's, or HH-RLHF's chosen replies (as in the DPO paper)."""
-    if is_tiny_world(profile):
-        return TinyWorld.from_profile(profile).sft_dataset(profile.sft_examples,
-                                                           expert_fraction=profile.sft_expert_fraction)
-    pairs = preference_data(profile, "train", profile.sft_examples)
-    return pairs.rename_column("chosen", "completion").remove_columns(["rejected"])
-
-
-def preference_data(profile, split: str, n: int):
-    """``n`` comparisons, ``prompt/chosen/rejected``, from the train or test split."""
-    if is_tiny_world(profile):
-        return TinyWorld.from_profile(profile).preference_dataset(n, split)
-    from .data import load_hh_rlhf
-
-    return load_hh_rlhf(split=split, max_rows=n)
-
-
-def eval_prompts(profile) -> list[str]:
-    """Held-out prompts on which every lesson samples and judges its model."""
-    if is_tiny_world(profile):
-        return TinyWorld.from_profile(profile).sample_prompts(profile.eval_prompts, "test")
-    return list(preference_data(profile, "test", profile.eval_prompts)["prompt"])
-
-
-def evaluation_prompts(profile) -> list[str]:
-    """The held-out prompts, each ``eval_samples_per_prompt`` times: what a model is measured on (see 08)."""
-    return eval_prompts(profile) * profile.eval_samples_per_prompt
-
-
-# ------------------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------------------
 def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force, evaluate_fn=None):
@@ -122,9 +99,10 @@ def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force,
 
 
 def base_model_path(profile, force: bool = False) -> str | Path:
-    """Where the base model lives: the hub id on real profiles, or the cached tiny model (trained if missing)."""
+    """Where the base model lives: the hub id or local folder of real profiles (a stand-in's folder on
+    ``rehearsal``, built if missing), or the cached tiny model (trained if missing)."""
     if profile.base_model is not None:
-        return profile.base_model
+        return resolve(profile.base_model, profile)
     return build_or_load("base", profile, BASE_FIELDS, lambda out: train_base_model(profile, out), force=force)
 
 
@@ -161,21 +139,32 @@ def reward_stage(profile, force: bool = False) -> Path:
 def reward_normalisation(profile, policy_path, reward_dir: Path) -> dict[str, float]:
     """Reward mean and std on the policy's own samples (train prompts), to normalise rewards for RL."""
     from .reward import load_reward_model, normalisation, score
-    from .sampling import generate
 
-    policy, tokenizer = load_policy(profile, policy_path)
-    prompts = list(preference_data(profile, "train", profile.eval_prompts)["prompt"])
-    samples = generate(policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
-                       temperature=profile.sample_temperature, seed=profile.seed)
+    prompts, samples = normalisation_samples(profile, policy_path)
     model, rm_tokenizer = load_reward_model(policy_path, reward_dir / "adapter", profile)
     return normalisation(score(model, rm_tokenizer, prompts, samples, profile.max_length))
 
 
-def load_policy(profile, path):
-    """A causal LM for sampling and scoring (no adapters, no training), with a pad token distinct from eos."""
-    from .models import load_pretrained
+def normalisation_samples(profile, policy_path) -> tuple[list[str], list[str]]:
+    """The policy's samples on ``eval_prompts`` training prompts: what rewards (and the judge) are normalised on."""
+    from .sampling import generate
 
-    return load_pretrained(path, profile.compute_dtype, add_pad=profile.base_model is not None)
+    policy, tokenizer = load_policy(profile, policy_path)
+    prompts = comparison_prompts(profile, profile.eval_prompts)
+    return prompts, generate(policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
+                             temperature=profile.sample_temperature, seed=profile.seed)
+
+
+def load_policy(profile, path):
+    """A causal LM for sampling and scoring (no adapters, no training), with a pad token distinct from eos.
+
+    Loaded exactly as the methods load their starting point (:func:`rrhf_lite.models.load_model`): on 4-bit
+    profiles the same quantised weights, so the SFT baseline is the model every method is measured against.
+    """
+    from .models import load_model
+
+    model, tokenizer = load_model(path, profile, head="lm")
+    return model.eval(), tokenizer
 
 
 def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
@@ -188,25 +177,52 @@ def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
     return lambda prompts, replies: scorer(prompts, replies).tolist()
 
 
+JUDGE_FIELDS = WORLD_FIELDS + ("judge_model", "compute_dtype", "max_length", "eval_prompts", "max_new_tokens",
+                               "sample_temperature")
+
+
+def judge_stage(profile, force: bool = False) -> Path:
+    """Real profiles: the judge's mean and std on the SFT model's samples (``normalisation.json``), like the
+    proxy's (:func:`reward_normalisation`), so that judge scores are in "SFT standard deviations"."""
+    from .judge import judge_scores, load_judge
+    from .reward import normalisation
+
+    if profile.judge_model is None:
+        raise ValueError(f"profile {profile.name!r} has no judge_model")
+    sft, judge = sft_stage(profile), resolve(profile.judge_model, profile)
+
+    def build(out: Path) -> None:
+        prompts, samples = normalisation_samples(profile, sft / "model")
+        model, tokenizer = load_judge(judge, profile.compute_dtype)
+        stats = normalisation(judge_scores(model, tokenizer, prompts, samples, profile.max_length))
+        (out / "normalisation.json").write_text(json.dumps(stats))
+
+    return build_or_load("judge", profile, JUDGE_FIELDS, build, depends_on=[sft, judge], force=force)
+
+
 def gold_scorer(profile):
-    """The gold judge as ``score(prompts, replies) -> list[float]`` on the tiny world; None on real data."""
+    """The gold judge as ``score(prompts, replies) -> list[float]``: the tiny world's judge, or on real profiles the
+    ``judge_model`` (normalised on SFT samples, see :func:`judge_stage`); None when a profile has neither."""
     from .evaluate import gold_rewards
+    from .judge import judge_scores, load_judge
+    from .reward import normalise
 
-    return gold_rewards if is_tiny_world(profile) else None
-
-
-def candidate_prompts(profile) -> tuple[list[str], list[list[str]]]:
-    """Training prompts for the ranking data and, per prompt, the "expert" replies that join the candidates.
-
-    Tiny world: the world's best reply. HH-RLHF: the dataset's chosen and rejected replies, as RRHF does.
-    """
     if is_tiny_world(profile):
-        from .world import expert_response
+        return gold_rewards
+    if profile.judge_model is None:
+        return None
+    stats = json.loads((judge_stage(profile) / "normalisation.json").read_text())
+    model, tokenizer = load_judge(resolve(profile.judge_model, profile), profile.compute_dtype)
 
-        prompts = TinyWorld.from_profile(profile).sample_prompts(profile.sample_prompts, "train")
-        return prompts, [[expert_response(p)] for p in prompts]
-    pairs = preference_data(profile, "train", profile.sample_prompts)
-    return list(pairs["prompt"]), [[c, r] for c, r in zip(pairs["chosen"], pairs["rejected"])]
+    def score(prompts: list[str], replies: list[str]) -> list[float]:
+        return normalise(judge_scores(model, tokenizer, prompts, replies, profile.max_length), stats).tolist()
+
+    return score
+
+
+def gold_upstream(profile) -> list[Path]:
+    """The stage a profile's gold scores depend on: the judge's normalisation on real profiles, none on tiny."""
+    return [judge_stage(profile)] if not is_tiny_world(profile) and profile.judge_model is not None else []
 
 
 def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> None:
@@ -256,7 +272,7 @@ def samples_stage(profile, force: bool = False) -> Path:
     base, sft, reward = base_model_path(profile), sft_stage(profile), reward_stage(profile)
     return build_or_load("samples", profile, SAMPLES_FIELDS,
                          lambda out: build_samples(profile, base, sft, reward, out),
-                         depends_on=[base, sft, reward], force=force)
+                         depends_on=[base, sft, reward, *gold_upstream(profile)], force=force)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -332,7 +348,7 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
         if method == "dpo":
             train_dpo(profile, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
         elif method == "ppo":
-            train_ppo(profile, sft, reward_stage(profile), out, checkpoint_dir=ckpt)
+            train_ppo(profile, sft, reward_stage(profile), out, gold_fn=gold_scorer(profile), checkpoint_dir=ckpt)
         else:
             rankings = load_samples(profile, "rankings")
             if method == "pro" and profile.pro_ranking_length:
@@ -375,9 +391,9 @@ def online_stage(profile, force: bool = False) -> Path:
     method = profile.online_method
     if method not in ("rrhf", "pro"):
         raise ValueError(f"online_method must be 'rrhf' or 'pro', got {method!r}")
-    if not is_tiny_world(profile):
-        raise ValueError("the online round needs labellers for fresh replies: the tiny world has them; on HH-RLHF "
-                         "new comparisons would have to be collected from people")
+    if not has_gold(profile):
+        raise ValueError("the online round needs labellers for fresh replies: the tiny world's, or a judge_model "
+                         "whose scores are seen through Bradley-Terry noise; this profile has neither")
     sft, reward, samples = sft_stage(profile), reward_stage(profile), samples_stage(profile)
     first = method_stage(profile, method)
     gold_fn = gold_scorer(profile)

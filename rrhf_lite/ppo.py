@@ -79,6 +79,7 @@ from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
 from .models import count_parameters, load_for_training
 from .reward import load_reward_model, normalised_scorer
 from .sampling import generate_tokens
+from .sources import is_tiny_world, preference_data
 from .world import TinyWorld
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -438,12 +439,10 @@ def training_prompts(profile, tokenizer, n: int) -> list[str]:
     Prompts too long to leave room for ``max_new_tokens`` within ``max_length`` are dropped, and the rest repeated
     to make up ``n``.
     """
-    from . import pipeline  # imported here: pipeline imports this module too
-
-    if pipeline.is_tiny_world(profile):
+    if is_tiny_world(profile):
         prompts = TinyWorld.from_profile(profile).sample_prompts(n, "train")
     else:
-        prompts = list(pipeline.preference_data(profile, "train", n)["prompt"])
+        prompts = list(preference_data(profile, "train", n)["prompt"])
     room = profile.max_length - profile.max_new_tokens
     fitting = [p for p in prompts if len(tokenizer(p)["input_ids"]) <= room]
     if not fitting:
@@ -483,7 +482,7 @@ def load_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller) ->
     return state["iteration"], state["history"]
 
 
-def train_ppo(profile, sft_dir, reward_dir, out_dir, *, checkpoint_dir=None, checkpoint_every: int = 5,
+def train_ppo(profile, sft_dir, reward_dir, out_dir, *, gold_fn=None, checkpoint_dir=None, checkpoint_every: int = 5,
               progress: bool = True) -> list[dict]:
     """Train fresh LoRA adapters and a value head on the SFT model with PPO against the reward model of stage 02.
 
@@ -492,14 +491,14 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, checkpoint_dir=None, che
     ``out_dir/history.json``. With ``checkpoint_dir``, state is saved every ``checkpoint_every`` iterations and a
     call with the same folder resumes there, ending with the same numbers as an uninterrupted run.
 
+    ``gold_fn(prompts, replies) -> list[float]`` (the gold judge, if the profile has one) is only recorded, in the
+    history's ``gold_reward``: PPO never trains on it.
+
     Returns the history: one dict per iteration (``pandas.DataFrame(history)``), with the rollout's
     :func:`rollout_metrics`, the update's mean losses and diagnostics, and the ``beta`` and ``lr`` it used.
     """
-    from .pipeline import gold_scorer
-
     sft_dir, reward_dir, out_dir = Path(sft_dir), Path(reward_dir), Path(out_dir)
     model, tokenizer, reward_fn = load_models(profile, sft_dir, reward_dir)
-    gold_fn = gold_scorer(profile)
     n, iterations = profile.ppo_rollout_prompts, profile.ppo_iterations
     prompts = training_prompts(profile, tokenizer, n * iterations)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile.ppo_lr, eps=1e-5,

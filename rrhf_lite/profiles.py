@@ -1,12 +1,19 @@
 """Profiles: every hyperparameter of a run, in one dataclass per hardware target.
 
-A *profile* says which model and data a run uses and how hard it trains. There are three:
+A *profile* says which model and data a run uses and how hard it trains. There are four:
 
 * ``tiny`` (the default): a ~1M-parameter Llama built from scratch on the synthetic preference world of
   :mod:`rrhf_lite.world`. Fully offline; every notebook runs on a 2-core CPU in minutes.
 * ``colab-t4``: a real Hugging Face base model and ``Anthropic/hh-rlhf`` on a free Colab T4 (16 GB, no bf16),
   trained with QLoRA (4-bit NF4 base + LoRA adapters).
 * ``gpu-24gb``: a larger base model on a 24 GB consumer GPU, also QLoRA.
+* ``rehearsal``: the ``colab-t4`` code path on a CPU with no hub: local stand-ins (a random-weight Qwen2 model,
+  HH-RLHF-format files, a random-weight judge) that the package builds on first use, 4-bit through bitsandbytes'
+  CPU kernels, and step counts small enough for CI. It checks the real path, not the quality.
+
+Fields that say where a model or data comes from (``dataset``, ``base_model``, ``judge_model``) take a hub id
+(``"Anthropic/hh-rlhf"``), a local path (``"/content/my_prefs"``), or ``"stand-in:<name>"`` for one of the
+rehearsal's local stand-ins (:mod:`rrhf_lite.standins`).
 
 Pick one with the environment variable ``RRHF_LITE_PROFILE`` (``tiny`` if unset), or in a notebook::
 
@@ -48,17 +55,18 @@ class Profile:
     seed: int = 0  # one seed for data, initialisation and sampling; same seed -> same numbers on CPU
 
     # --- data ---------------------------------------------------------------------------------------
-    dataset: str = "tiny-world"  # "tiny-world" (built offline by rrhf_lite.world) or a hub id like "Anthropic/hh-rlhf"
+    dataset: str = "tiny-world"  # "tiny-world" (built offline), a hub id like "Anthropic/hh-rlhf", or a local path
     world_harmful_fraction: float = 0.25  # share of prompts that ask for something harmful
-    world_label_temperature: float = 2.0  # Bradley-Terry temperature of the simulated labellers (higher = noisier)
+    world_label_temperature: float = 2.0  # Bradley-Terry temperature of simulated labellers (gold / T + noise)
     world_test_fraction: float = 0.2  # share of the world's distinct prompts held out for evaluation
     pretrain_dialogues: int = 10_000  # dialogues of mixed quality the tiny base model is pretrained on
 
     # --- model --------------------------------------------------------------------------------------
-    base_model: str | None = None  # hub id of the base model; None = build the tiny Llama below from scratch
-    tokenizer_vocab_size: int = 1024  # byte-level BPE vocabulary trained on the world's text (tiny only)
-    n_layer: int = 4  # transformer blocks of the tiny model
-    n_head: int = 4  # attention heads of the tiny model
+    base_model: str | None = None  # hub id or local folder of the base model; None = build the tiny Llama below
+    judge_model: str | None = None  # the gold judge: None = the tiny world's; else a reward model (hub id or folder)
+    tokenizer_vocab_size: int = 1024  # byte-level BPE vocabulary trained on the world's text (tiny, stand-ins)
+    n_layer: int = 4  # transformer blocks of the tiny model (and of the rehearsal's stand-ins)
+    n_head: int = 4  # attention heads of the tiny model (and of the stand-ins)
     hidden_size: int = 128  # width of the tiny model; a multiple of 64 (bitsandbytes' CPU 4-bit path needs it)
     intermediate_size: int = 384  # MLP width of the tiny model; also a multiple of 64
     max_length: int = 128  # longest prompt + response in tokens; longer examples are truncated
@@ -186,7 +194,13 @@ class ColabT4Profile(Profile):
 
     name: str = "colab-t4"  # folder name under runs/
     dataset: str = "Anthropic/hh-rlhf"  # Bai et al. 2022 helpful + harmless comparisons
+    world_label_temperature: float = 1.0  # labellers of the online round: judge score (std 1 on SFT) / T + noise
     base_model: str | None = "Qwen/Qwen2.5-0.5B"  # small base model whose hidden size (896) is a multiple of 64
+    # The gold judge on real data: a public reward model, not trained by this course, in the role Gao et al. (2022)
+    # gave their large "gold" RM. Skywork-Reward-V2-Qwen3-0.6B: Bradley-Terry RM trained on 26M curated preference
+    # pairs, the smallest of a series that leads the RewardBench v1/v2, RM-Bench and PPE benchmarks; 0.6B
+    # parameters = 1.2 GB in fp16, so it fits on a T4 beside the 4-bit policy, the reward model and PPO's state.
+    judge_model: str | None = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"  # independent judge (sequence classification)
     max_length: int = 512  # HH dialogues are long; 512 tokens keeps most of them whole
     load_in_4bit: bool = True  # QLoRA: NF4 4-bit base, LoRA adapters in fp32
     compute_dtype: str = "float16"  # a T4 has no native bf16 (torch reports emulated support; do not use it)
@@ -223,7 +237,60 @@ class GPU24GBProfile(ColabT4Profile):
     sft_batch_size: int = 16  # demonstrations per step: twice the T4's
 
 
-PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile}
+@dataclass(frozen=True)
+class RehearsalProfile(ColabT4Profile):
+    """``colab-t4`` rehearsed on a CPU with no model hub: the same code path, with local stand-ins.
+
+    It differs from ``colab-t4`` only where this machine forces it (a test checks the list, :data:`REHEARSAL_CHANGES`):
+    the model, data and judge are local stand-ins built on first use by :mod:`rrhf_lite.standins` (a Qwen2 model and
+    a Qwen3 reward model with random weights, HH-RLHF-format files written from the tiny world); compute is float32
+    (bitsandbytes' 4-bit CPU kernels); and every count is small enough that all nine lessons run in CI. Still
+    4-bit NF4 with LoRA, gradient checkpointing, max_length 512, no pad token in the base tokenizer.
+    """
+
+    name: str = "rehearsal"  # folder name under runs/
+    dataset: str = "stand-in:hh-rlhf"  # HH-RLHF's raw format (multi-turn), written from the tiny world
+    base_model: str | None = "stand-in:qwen2"  # a Qwen2ForCausalLM config, random weights; eos <|endoftext|>, no pad
+    judge_model: str | None = "stand-in:reward-model"  # a Qwen3ForSequenceClassification, random weights
+    n_layer: int = 2  # stand-ins' transformer blocks
+    compute_dtype: str = "float32"  # the CPU: bitsandbytes' 4-bit CPU kernels compute in float32
+    log_every: int = 2  # record metrics every this many steps (runs are a few steps long)
+    sft_examples: int = 64  # demonstrations
+    sft_steps: int = 4  # optimiser steps
+    sft_warmup_steps: int = 1  # linear warm-up steps
+    rm_pairs: int = 64  # comparisons to train the reward model on
+    rm_eval_pairs: int = 32  # held-out comparisons
+    rm_steps: int = 4  # optimiser steps
+    rm_batch_size: int = 8  # comparisons per step
+    rm_warmup_steps: int = 1  # linear warm-up steps
+    rm_eval_every: int = 2  # steps between held-out evaluations
+    sample_prompts: int = 16  # training prompts with ranked candidates
+    eval_prompts: int = 8  # held-out prompts to sample on
+    max_new_tokens: int = 16  # longest sampled reply (random weights rarely stop on their own)
+    ranking_steps: int = 3  # RRHF/PRO optimiser steps
+    ranking_batch_size: int = 4  # prompts per step
+    ranking_warmup_steps: int = 1  # linear warm-up steps
+    dpo_steps: int = 3  # DPO optimiser steps
+    dpo_batch_size: int = 4  # pairs per step
+    dpo_warmup_steps: int = 1  # linear warm-up steps
+    ppo_iterations: int = 2  # PPO iterations
+    ppo_rollout_prompts: int = 8  # prompts per rollout
+    ppo_epochs: int = 1  # passes over each rollout
+    ppo_minibatch_size: int = 4  # replies per gradient step
+    overopt_iterations: int = 2  # iterations of the weak-KL PPO run
+
+
+# The fields in which ``rehearsal`` may differ from ``colab-t4``: where the stand-ins come from, what a CPU forces,
+# and sizes and counts. Anything else must be the same (tests/test_profiles.py).
+REHEARSAL_CHANGES = frozenset({
+    "name", "dataset", "base_model", "judge_model", "n_layer", "compute_dtype", "log_every", "sft_examples",
+    "sft_steps", "sft_warmup_steps", "rm_pairs", "rm_eval_pairs", "rm_steps", "rm_batch_size", "rm_warmup_steps",
+    "rm_eval_every", "sample_prompts", "eval_prompts", "max_new_tokens", "ranking_steps",
+    "ranking_batch_size", "ranking_warmup_steps", "dpo_steps", "dpo_batch_size", "dpo_warmup_steps",
+    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "overopt_iterations"})
+
+PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile,
+                                      "rehearsal": RehearsalProfile}
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

@@ -9,6 +9,7 @@ from conftest import RUN, SMALL, STATS  # tests/conftest.py; the `stages` fixtur
 from transformers import AutoModelForCausalLM
 
 from rrhf_lite import ppo
+from rrhf_lite.evaluate import gold_rewards
 from rrhf_lite.logprobs import sequence_logprobs, tokenize_pair
 from rrhf_lite.loop import CHECKPOINT_FILE
 from rrhf_lite.models import load_for_training
@@ -214,7 +215,7 @@ def test_a_non_finite_loss_stops_naming_the_iteration(stages):
 
 
 def test_two_iterations_end_to_end(stages, tmp_path):
-    history = train_ppo(get_profile("tiny", **RUN), *stages, tmp_path / "out", progress=False)
+    history = train_ppo(get_profile("tiny", **RUN), *stages, tmp_path / "out", gold_fn=gold_rewards, progress=False)
     assert [row["iteration"] for row in history] == [1, 2]
     for row in history:
         assert HISTORY_KEYS <= set(row)
