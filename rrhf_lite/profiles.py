@@ -245,7 +245,7 @@ class RehearsalProfile(ColabT4Profile):
     the model, data and judge are local stand-ins built on first use by :mod:`rrhf_lite.standins` (a Qwen2 model and
     a Qwen3 reward model with random weights, HH-RLHF-format files written from the tiny world); compute is float32
     (bitsandbytes' 4-bit CPU kernels); and every count is small enough that all nine lessons run in CI. Still
-    4-bit NF4 with LoRA, gradient checkpointing, max_length 512, no pad token in the base tokenizer.
+    4-bit NF4 with LoRA, gradient checkpointing, max_length 512, a base tokenizer with no pad token of its own.
     """
 
     name: str = "rehearsal"  # folder name under runs/

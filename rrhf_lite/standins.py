@@ -7,7 +7,8 @@ cache (``runs/<profile>/stand-ins/<key>/<name>``), in the *form* of the real thi
 
 * ``qwen2``: a ``Qwen2ForCausalLM`` (Qwen2.5's architecture: grouped-query attention, biased q/k/v projections,
   tied embeddings) with random weights, saved with ``save_pretrained``. Its tokenizer is a byte-level BPE like
-  Qwen's, with end-of-sequence ``<|endoftext|>``, no beginning-of-sequence token and **no pad token**, and an
+  Qwen's, with end-of-sequence ``<|endoftext|>``, no beginning-of-sequence token and **no pad token of its own**
+  (saved without one; loaded, Qwen2's tokenizer class pads with ``<|endoftext|>``, as the hub's does), and an
   embedding matrix with a few spare rows, as Qwen's has (151,936 rows for 151,665 tokens): room for the pad token
   the package adds.
 * ``hh-rlhf``: ``train.jsonl`` and ``test.jsonl`` in HH-RLHF's raw format, whole ``chosen`` and ``rejected``
