@@ -11,7 +11,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-PROFILE ?= tiny
+PROFILE ?= $(or $(RRHF_LITE_PROFILE),tiny)
 PY := $(VENV)/bin/python
 
 .PHONY: install main test lint clean

@@ -1,8 +1,8 @@
 """Measuring models: gold reward of samples, reward-model accuracy and calibration.
 
 The tiny world's gold judge lets every lesson grade a model against the truth, not only against the learned
-reward model (the proxy). Real profiles have no gold judge; there, proxy reward and held-out accuracy are what
-can be measured.
+reward model (the proxy). On real profiles a public reward model plays the gold judge (:mod:`rrhf_lite.judge`);
+every function here takes the gold scores as plain numbers, whichever judge gave them.
 """
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ def rollout_metrics(rollout: Rollout, gold_fn=None) -> dict[str, float | None]:
 
     * ``proxy_reward``: mean normalised reward-model score of the replies (penalty not applied);
       ``score``: mean of what PPO optimised (with the no-eos penalty);
-    * ``gold_reward``: the gold judge's mean (tiny world only, else None), on the *training* prompts;
+    * ``gold_reward``: the gold judge's mean (None without a ``gold_fn``), on the *training* prompts;
     * ``kl``: mean over replies of sum_t (log pi - log pi_ref) at the sampling temperature: the KL the penalty and
       the controller see, of the tempered policy from the tempered SFT model;
     * ``entropy``: mean per-token entropy of the policy at the sampling temperature;

@@ -108,3 +108,15 @@ def test_the_judge_is_the_gold_standard_of_real_profiles(profile):
     assert "gold_scores" in rankings.column_names  # candidates carry the judge's scores, as the world's gold
     no_judge = dataclasses.replace(profile, judge_model=None)
     assert pipeline.gold_scorer(no_judge) is None and not pipeline.has_gold(no_judge)
+
+
+def test_model_data_and_judge_fields_take_local_paths(profile):
+    """A profile pointed at plain local folders (here: the stand-ins' own) reads them as it reads the hub."""
+    local = dataclasses.replace(profile, base_model=str(resolve(profile.base_model, profile)),
+                                dataset=str(resolve(profile.dataset, profile)),
+                                judge_model=str(resolve(profile.judge_model, profile)))
+    assert pipeline.base_model_path(local) == local.base_model
+    pairs = pipeline.preference_data(local, "train", 7)
+    assert len(pairs) == 7 and pairs[0] == pipeline.preference_data(profile, "train", 7)[0]
+    model, tokenizer = load_judge(local.judge_model)
+    assert judge_scores(model, tokenizer, pairs["prompt"], pairs["chosen"], max_length=512).shape == (7,)
