@@ -134,6 +134,7 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
     import torch
 
     from rrhf_lite import ppo
+    from rrhf_lite.logprobs import sampled_batch
     from rrhf_lite.sampling import generate_tokens
 
     sft_dir, reward_dir = ppo_stages(model_dir, profile, root)
@@ -154,7 +155,7 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
                                              max_new_tokens=profile.max_new_tokens, temperature=temperature,
                                              top_p=1.0, batch_size=profile.generation_batch_size, seed=it)
             times["generation (generate_tokens)"] = sw.seconds
-            batch = ppo.rollout_batch(tokenizer, batch_prompts, generation.reply_ids)
+            batch = sampled_batch(tokenizer, batch_prompts, generation.reply_ids)
             model.eval()
             parts: dict[str, list[torch.Tensor]] = {}
             policy_s = reference_s = 0.0

@@ -8,9 +8,9 @@ sampling policy is at most (Stiennon et al. 2020; Beirami et al. 2024)
 
     KL(best-of-n || pi) <= log n - (n - 1) / n
 
-with equality only when the reward takes a different value on every possible reply (continuous rewards). With
-ties or a small set of distinct replies (as in our tiny world) the true KL is smaller: the formula is an *upper
-bound*, and plots that use it place best-of-n too far right.
+an *upper bound*, tight only in the limit where every reply has negligible probability (a continuous space of
+replies with distinct rewards). Where some replies are likely (a tiny world, a low temperature, a model that often
+repeats itself) or rewards tie, the true KL is smaller, so plots that use the bound place best-of-n too far right.
 
 **Estimating the curve without noise.** Given ``N`` scored samples per prompt, the expected value of best-of-n for
 any ``n <= N`` is computed *exactly* over all ``C(N, n)`` subsets instead of by drawing a few: sort the samples by
@@ -26,7 +26,7 @@ import torch
 
 
 def best_of_n_kl(n: int) -> float:
-    """The analytic KL bound ``log n - (n - 1) / n`` (nats) of best-of-n from its sampling policy."""
+    """The upper bound ``log n - (n - 1) / n`` (nats) on the KL of best-of-n from its sampling policy (not its KL)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     return math.log(n) - (n - 1) / n

@@ -5,8 +5,9 @@ fresh samples at the sampling temperature on the same held-out prompts, judged b
 lesson 02) and by the gold judge, KL to the SFT model, gold win rate against the SFT model's replies.
 
 Best-of-n is not trained: it is the SFT model plus a reward model at answer time. Its row is computed exactly from
-``bon_n`` SFT samples per held-out prompt (:func:`best_of_n.best_of_n_expectation`), with the analytic KL
-``log n - (n - 1) / n``; its cost is sampling and scoring ``n`` replies per answer.
+``bon_n`` SFT samples per held-out prompt (:func:`best_of_n.best_of_n_expectation`); its KL column is the upper
+bound ``log n - (n - 1) / n`` (Beirami et al. 2024), not a measured KL; its cost is sampling and scoring ``n``
+replies per answer.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .pipeline import (
 COLUMNS = {
     "gold_reward": "mean gold-judge score of held-out replies (real profiles: the judge model, normalised on SFT)",
     "proxy_reward": "mean reward-model score (normalised on SFT samples: SFT is about 0)",
-    "kl": "KL(policy || SFT) in nats per reply, at the sampling temperature (best-of-n: analytic bound)",
+    "kl": "KL(policy || SFT), nats per reply, at the sampling temperature (best-of-n: the bound log n - (n-1)/n)",
     "win_rate_vs_sft": "share of held-out prompts where the gold judge prefers the reply to SFT's (ties: half)",
     "train_seconds": "wall time to train (best-of-n: to sample and score its n replies per held-out prompt)",
     "peak_memory_mb": "peak memory while training (RSS above the start on CPU; allocated memory on a GPU)",
@@ -142,7 +143,7 @@ def results_table(profile, *, weak_kl: bool = True, online: bool | None = None) 
 
 
 def best_of_n_frontier(profile, ns: list[int] | None = None) -> pd.DataFrame:
-    """Best-of-n for every ``n`` up to ``bon_n``: analytic KL, exact expected proxy and gold (the curve)."""
+    """Best-of-n for every ``n`` up to ``bon_n``: the KL upper bound, exact expected proxy and gold (the curve)."""
     proxy, gold = best_of_n_scores(profile)
     return pd.DataFrame(best_of_n_curve(proxy, gold, ns or list(range(1, profile.bon_n + 1))))
 
@@ -171,23 +172,54 @@ def training_trajectory(folder: Path, smooth: int = 5) -> pd.DataFrame:
     return history
 
 
-def gold_fit(kl, gold) -> dict:
-    """Least-squares fit of Gao et al.'s (2022) form for RL, ``gold = g0 + alpha * d - beta * d**2`` with
-    ``d = sqrt(KL)``: the gold reward rises, peaks at ``d* = alpha / (2 beta)`` and falls. Returns the coefficients and
-    the peak (``peak_kl = d*^2``; 0 when the fitted curve never rises)."""
+GAO_FORMS = {"rl": "g0 + d (alpha - beta ln d)", "bon": "g0 + d (alpha - beta d)"}
+
+
+def _gao_features(d: np.ndarray, form: str) -> np.ndarray:
+    """The fitted form's terms ``[1, d, -shape(d)]``: ``shape = d ln d`` for RL (0 at d = 0), ``d^2`` for best-of-n."""
+    if form not in GAO_FORMS:
+        raise ValueError(f"form must be one of {sorted(GAO_FORMS)}, got {form!r}")
+    bend = d * np.log(np.where(d > 0, d, 1.0)) if form == "rl" else d ** 2
+    return np.stack([np.ones_like(d), d, -bend], axis=-1)
+
+
+def gold_curve(fit: dict, kl) -> np.ndarray:
+    """The gold reward that a :func:`gold_fit` result predicts at ``kl``."""
     d = np.sqrt(np.clip(np.asarray(kl, dtype=float), 0, None))
-    design = np.stack([np.ones_like(d), d, -d ** 2], axis=1)
-    (g0, alpha, beta), *_ = np.linalg.lstsq(design, np.asarray(gold, dtype=float), rcond=None)
-    peak_d = alpha / (2 * beta) if alpha > 0 and beta > 0 else 0.0
-    return {"g0": g0, "alpha": alpha, "beta": beta, "peak_kl": peak_d ** 2,
-            "gold_at_peak": g0 + alpha * peak_d - beta * peak_d ** 2}
+    return _gao_features(d, fit["form"]) @ np.array([fit["g0"], fit["alpha"], fit["beta"]])
+
+
+def gold_fit(kl, gold, form: str = "rl") -> dict:
+    """Least-squares fit of Gao et al.'s (2022) scaling form for the gold reward, in ``d = sqrt(KL)``:
+
+    * ``form="rl"`` (their form for RL): ``gold = g0 + d (alpha - beta ln d)``, which peaks where its slope
+      ``alpha - beta (ln d + 1)`` is 0, at ``d* = exp(alpha / beta - 1)``;
+    * ``form="bon"`` (their form for best-of-n): ``gold = g0 + d (alpha - beta d)``, peak at ``d* = alpha / (2 beta)``.
+
+    Gao et al. fit the reward *gained* from the initial policy; ``g0`` is the gold reward at KL 0. Returns the
+    coefficients, the form and the peak (``peak_kl = d*^2``, and the fitted gold there); a curve with ``beta <= 0``
+    never turns down: its peak is reported at the largest KL fitted, a curve that never rises at KL 0.
+    """
+    kl = np.clip(np.asarray(kl, dtype=float), 0, None)
+    d = np.sqrt(kl)
+    (g0, alpha, beta), *_ = np.linalg.lstsq(_gao_features(d, form), np.asarray(gold, dtype=float), rcond=None)
+    fit = {"form": form, "g0": g0, "alpha": alpha, "beta": beta}
+    if beta <= 0:  # no downturn: the curve rises (or falls) all the way
+        peak_d = float(d.max()) if alpha > 0 else 0.0
+    elif form == "rl":
+        peak_d = float(np.exp(alpha / beta - 1))
+    else:
+        peak_d = max(alpha / (2 * beta), 0.0)
+    fit.update(peak_kl=peak_d ** 2, gold_at_peak=float(gold_curve(fit, peak_d ** 2)))
+    return fit
 
 
 def overoptimisation(history: pd.DataFrame, tail: int = 5) -> dict:
     """Where the gold reward peaks in a PPO run and what the proxy does afterwards (Gao et al. 2022).
 
-    Single rollouts are noisy, so the peak comes from :func:`gold_fit` over all rollouts; ``peak_iteration`` is
-    the iteration where the smoothed KL first crosses it. The proxy and gold reward "at the peak" are the smoothed
+    Single rollouts are noisy, so the peak comes from :func:`gold_fit` (Gao et al.'s form for RL) over all rollouts;
+    ``peak_iteration`` is the iteration where the smoothed KL first crosses it; ``curve_kl``/``curve_gold`` trace the
+    fitted curve (for plotting). The proxy and gold reward "at the peak" are the smoothed
     values there; "at the end", the mean of the last ``tail`` rollouts. ``proxy_gain_after_peak > 0`` together with
     ``gold_loss_after_peak > 0`` is over-optimisation: the proxy still climbs while the gold reward falls.
     """
@@ -199,7 +231,10 @@ def overoptimisation(history: pd.DataFrame, tail: int = 5) -> dict:
         at -= 1  # the crossing's nearer side
     peak = history.index[at]
     end = history.tail(tail)
-    return {**fit, "peak_iteration": int(history.loc[peak, "iteration"]),
+    grid = np.linspace(0, float(history["kl"].max()), 100)
+    return {**fit, "curve_kl": grid, "curve_gold": gold_curve(fit, grid),
+            "curve_label": f"{GAO_FORMS[fit['form']]},  d = sqrt(KL)",
+            "peak_iteration": int(history.loc[peak, "iteration"]),
             "proxy_at_peak": float(history.loc[peak, "proxy_reward_smooth"]),
             "proxy_at_end": float(end["proxy_reward"].mean()), "gold_at_end": float(end["gold_reward"].mean()),
             "proxy_gain_after_peak": float(end["proxy_reward"].mean() - history.loc[peak, "proxy_reward_smooth"]),

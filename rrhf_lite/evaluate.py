@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .logprobs import sampled_logprobs
+from .sampling import Generation, decode, generate_tokens
 from .world import gold_score
 
 
@@ -74,25 +76,25 @@ def win_rate(scores_a, scores_b) -> float:
     return mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b))
 
 
-def kl_to_reference(model, tokenizer, prompts: list[str], replies: list[str], max_length: int,
-                    reference=None, temperature: float = 1.0) -> torch.Tensor:
+def kl_to_reference(model, tokenizer, generation: Generation, reference=None, temperature: float = 1.0) -> torch.Tensor:
     """Per-sample estimate of KL(pi || pi_ref): ``log pi(y | x) - log pi_ref(y | x)`` for replies ``y ~ pi``.
 
-    Its mean over samples drawn from ``model`` is an unbiased estimate of the sequence-level KL divergence (the
-    "k1" estimator; single samples can be negative, the mean is not in expectation). The replies must have been
-    sampled at ``temperature``, and both policies are read at that temperature: the policy that samples at T is
-    softmax(logits / T), and scoring its samples with T = 1 log-probs measures nothing in particular (it can be
-    negative). ``reference=None`` means ``model`` is a LoRA (peft) model and the reference is the same model with
-    its adapters disabled: no second model in memory.
+    ``generation`` holds what ``model`` sampled (:func:`rrhf_lite.sampling.generate_tokens`): the log-probs are of
+    exactly those token ids, the ``<|eos|>`` counted only where it was sampled, as PPO's KL is
+    (:func:`rrhf_lite.logprobs.sampled_batch`). The mean over samples is then an unbiased estimate of the
+    sequence-level KL divergence of the sampling distribution (the "k1" estimator; single samples can be negative,
+    the mean is not in expectation). Both policies are read at the sampling ``temperature``: the policy that samples
+    at T is softmax(logits / T), and scoring its samples with T = 1 log-probs measures nothing in particular.
+    ``reference=None`` means ``model`` is a LoRA (peft) model and the reference is the same model with its adapters
+    disabled: no second model in memory.
     """
-    from .logprobs import response_logprobs
-
-    logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length, temperature=temperature)
+    prompts, ids = generation.prompts, generation.reply_ids
+    logp = sampled_logprobs(model, tokenizer, prompts, ids, temperature)
     if reference is None:
         with model.disable_adapter():
-            ref_logp, _ = response_logprobs(model, tokenizer, prompts, replies, max_length, temperature=temperature)
+            ref_logp = sampled_logprobs(model, tokenizer, prompts, ids, temperature)
     else:
-        ref_logp, _ = response_logprobs(reference, tokenizer, prompts, replies, max_length, temperature=temperature)
+        ref_logp = sampled_logprobs(reference, tokenizer, prompts, ids, temperature)
     return logp - ref_logp
 
 
@@ -104,18 +106,16 @@ def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_
     ``reference`` is as for :func:`kl_to_reference`; ``is_reference=True`` says ``model`` *is* the reference (the
     SFT baseline), so its KL is 0 by definition. Returns the report (a dict of floats) and the replies.
     """
-    from .sampling import generate
-
-    replies = generate(model, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
-                       temperature=profile.sample_temperature, batch_size=profile.generation_batch_size,
-                       seed=profile.seed if seed is None else seed)
+    generation = generate_tokens(model, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
+                                 temperature=profile.sample_temperature, batch_size=profile.generation_batch_size,
+                                 seed=profile.seed if seed is None else seed)
+    replies = decode(tokenizer, generation)
     if is_reference:
         kl = torch.zeros(len(prompts))
     else:
-        kl = kl_to_reference(model, tokenizer, prompts, replies, profile.max_length, reference,
-                             temperature=profile.sample_temperature)
+        kl = kl_to_reference(model, tokenizer, generation, reference, temperature=profile.sample_temperature)
     report = {"proxy_reward": mean(score_fn(prompts, replies)), "kl": kl.mean().item(),
-              "reply_tokens": mean(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in replies)}
+              "reply_tokens": mean(len(ids) for ids in generation.reply_ids)}
     if gold_fn is not None:
         gold = gold_fn(prompts, replies)
         report["gold_reward"] = mean(gold)

@@ -149,6 +149,38 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float 
     return SequenceLogprobs(token_logps=logps, mask=mask, sum=logps.sum(-1), count=mask.sum(-1))
 
 
+def sampled_batch(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Prompt token ids + *sampled* reply ids, right-padded, with a response mask on the reply tokens.
+
+    The prompt is tokenised as ``generate`` tokenised it and the reply is exactly the ids the model drew (its
+    ``<|eos|>`` only if it drew one), so log-probs of this batch are log-probs of what was sampled. Decoding the reply
+    to text and tokenising it again can give other ids, and appending an ``<|eos|>`` to a reply that never ended
+    charges it a token it never sampled.
+    """
+    rows = []
+    for prompt, reply in zip(prompts, reply_ids):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        rows.append({"input_ids": prompt_ids + list(reply), "response_mask": [0] * len(prompt_ids) + [1] * len(reply)})
+    return pad_batch(rows, tokenizer.pad_token_id, side="right")
+
+
+@torch.no_grad()
+def sampled_logprobs(model, tokenizer, prompts: list[str], reply_ids: list[list[int]], temperature: float = 1.0,
+                     batch_size: int = 64) -> torch.Tensor:
+    """``log pi(y | x)`` at ``temperature`` of exactly the sampled ids ``y`` (:func:`sampled_batch`), summed over each
+    reply's tokens: a ``[len(prompts)]`` tensor on the CPU; no gradients."""
+    if len(prompts) != len(reply_ids):
+        raise ValueError(f"{len(prompts)} prompts but {len(reply_ids)} replies")
+    was_training = model.training
+    model.eval()
+    sums = []
+    for start in range(0, len(prompts), batch_size):
+        batch = sampled_batch(tokenizer, prompts[start:start + batch_size], reply_ids[start:start + batch_size])
+        sums.append(sequence_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}, temperature).sum.cpu())
+    model.train(was_training)
+    return torch.cat(sums)
+
+
 @torch.no_grad()
 def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str], max_length: int,
                       batch_size: int = 64, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -115,9 +115,8 @@ def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Ten
 
     * L_ft is a *sum* of token log-probs, as the paper writes it (the official code takes a mean over the padded
       length instead). The scale matters: L_rank compares per-token means, so a per-token L_ft would be ~|y| times
-      weaker than the paper's and, on the tiny world, too weak to move the model (measured: no gain in gold reward
-      over SFT with a per-token mean, +0.9 with the sum). If several candidates tie for the best reward, their NLLs
-      are averaged.
+      weaker than the paper's anchor (``rrhf_sft_weight`` scales it). If several candidates tie for the best reward,
+      their NLLs are averaged.
     * The SFT term matters: the ranking loss alone is satisfied by pushing the worse replies down without lifting
       any good one, and the model degenerates (reported by the SimPO authors).
 

@@ -103,13 +103,14 @@ def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = 
     """Reward against KL from the SFT model (or against sqrt(KL)): the reward-KL frontier of lesson 08.
 
     ``table`` is :func:`rrhf_lite.compare.results_table` (one marker per method); ``bon_curve`` is best-of-n's exact
-    expectation at every n (a line, at the analytic KL); ``bon_draws`` are best-of-n picks actually drawn (hollow
-    markers); ``trajectories`` maps a name to a PPO run's smoothed rollout history (a path through the plane).
+    expectation at every n (a line, at the upper bound on its KL); ``bon_draws`` are best-of-n picks actually drawn
+    (hollow markers); ``trajectories`` maps a name to a PPO run's smoothed rollout history (a path through the plane).
     ``reward`` is "gold" or "proxy".
     """
     ax = _axes(ax)
     x = (lambda kl: np.sqrt(np.clip(kl, 0, None))) if sqrt_kl else (lambda kl: np.asarray(kl))
-    ax.plot(x(bon_curve["kl_bound"]), bon_curve[reward], "-", color="0.4", label="best-of-n (exact, analytic KL)")
+    ax.plot(x(bon_curve["kl_bound"]), bon_curve[reward], "-", color="0.4",
+            label="best-of-n (exact mean, at its KL bound)")
     if bon_draws is not None:
         ax.scatter(x(bon_draws["kl_bound"]), bon_draws[reward], facecolors="none", edgecolors="0.4",
                    label="best-of-n (drawn)")
@@ -130,7 +131,8 @@ def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = 
 
 def plot_overoptimisation(history, info: dict, ax=None, x: str = "kl"):
     """Proxy and gold reward of a PPO run's rollouts against KL (or iteration): points, smoothed lines, the fitted
-    gold curve of :func:`rrhf_lite.compare.gold_fit` (against KL) and its peak, marked."""
+    gold curve (``info["curve_kl"]``, ``info["curve_gold"]``, from :func:`rrhf_lite.compare.overoptimisation`; against
+    KL only) and its peak, marked."""
     ax = _axes(ax)
     xs = history["kl"] if x == "kl" else history[x]
     for column, label, colour in (("proxy_reward", "proxy (reward model)", "C0"), ("gold_reward", "gold judge", "C1")):
@@ -142,10 +144,7 @@ def plot_overoptimisation(history, info: dict, ax=None, x: str = "kl"):
             ax.plot(history["kl_smooth"].to_numpy()[order], history[f"{column}_smooth"].to_numpy()[order],
                     color=colour, alpha=0.6, label=f"{label}, smoothed")
     if x == "kl":
-        grid = np.linspace(0, float(history["kl"].max()), 100)
-        d = np.sqrt(grid)
-        ax.plot(grid, info["g0"] + info["alpha"] * d - info["beta"] * d ** 2, "k-", lw=1,
-                label="gold fit  g0 + a·sqrt(KL) - b·KL")
+        ax.plot(info["curve_kl"], info["curve_gold"], "k-", lw=1, label=f"gold fit  {info['curve_label']}")
         at = info["peak_kl"]
     else:
         at = info["peak_iteration"]

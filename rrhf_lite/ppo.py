@@ -68,10 +68,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .logprobs import (
-    pad_batch,
     position_ids_from_mask,
     response_token_logprobs,
     response_window,
+    sampled_batch,
     sequence_logprobs,
 )
 from .loop import CHECKPOINT_FILE
@@ -232,19 +232,6 @@ class Rollout:
     scores: torch.Tensor  # [B] what PPO is trained on: the RM score, or the penalty for a reply without eos
 
 
-def rollout_batch(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Prompt token ids + sampled reply ids, right-padded, with a response mask on the reply tokens.
-
-    The prompt is tokenised as ``generate`` tokenised it, so the ids are exactly the ones the reply was sampled
-    after.
-    """
-    rows = []
-    for prompt, reply in zip(prompts, reply_ids):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        rows.append({"input_ids": prompt_ids + reply, "response_mask": [0] * len(prompt_ids) + [1] * len(reply)})
-    return pad_batch(rows, tokenizer.pad_token_id, side="right")
-
-
 def score_replies(reward_fn, prompts: list[str], replies: list[str], ended: torch.Tensor,
                   no_eos_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rm_scores, scores)``: the reward model's normalised scores, and the same with every reply that never
@@ -267,7 +254,7 @@ def collect_rollout(model: PolicyAndValue, tokenizer, reward_fn, prompts: list[s
                                  temperature=temperature, top_p=1.0, batch_size=profile.generation_batch_size,
                                  seed=seed)
     device = model.value_head.weight.device
-    batch = {k: v.to(device) for k, v in rollout_batch(tokenizer, prompts, generation.reply_ids).items()}
+    batch = {k: v.to(device) for k, v in sampled_batch(tokenizer, prompts, generation.reply_ids).items()}
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}

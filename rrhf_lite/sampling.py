@@ -59,10 +59,14 @@ def generate_tokens(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     return Generation(list(prompts), reply_ids, ended)
 
 
+def decode(tokenizer, generation: Generation) -> list[str]:
+    """The replies of a :class:`Generation` as text, without special tokens: what judges and datasets read."""
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generation.reply_ids]
+
+
 def generate(model, tokenizer, prompts: list[str], **kwargs) -> list[str]:
     """One sampled reply per prompt, decoded without special tokens. Keyword arguments as :func:`generate_tokens`."""
-    out = generate_tokens(model, tokenizer, prompts, **kwargs)
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in out.reply_ids]
+    return decode(tokenizer, generate_tokens(model, tokenizer, prompts, **kwargs))
 
 
 def sample_candidates(model, tokenizer, prompts: list[str], n: int, **kwargs) -> list[list[str]]:

@@ -15,8 +15,6 @@ the ``rehearsal`` profile (:mod:`rrhf_lite.standins`).
 
 from __future__ import annotations
 
-import functools
-
 from .standins import resolve
 from .world import TinyWorld, expert_response
 
@@ -40,26 +38,19 @@ def gold_name(profile) -> str:
     return f"judge ({profile.judge_model})" if profile.judge_model else "no judge"
 
 
-@functools.lru_cache(maxsize=4)
-def _chat_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 def preference_data(profile, split: str, n: int):
     """``n`` comparisons, ``prompt/chosen/rejected``, from the train or test split.
 
-    Conversational data is rendered with the base model's chat template when its tokenizer has one (else in the HH
-    turn format), so the prompts look like what the model will be asked.
+    Every dialogue of the course is in HH-RLHF's turn format (``"\n\nHuman: ...\n\nAssistant:"``): the base
+    models are fine-tuned on it, and the judge reads it back into chat messages (:mod:`rrhf_lite.judge`). So
+    conversational data is rendered in that format here, not with a chat template
+    (:func:`rrhf_lite.data.load_preferences` can do either).
     """
     if is_tiny_world(profile):
         return TinyWorld.from_profile(profile).preference_dataset(n, split)
     from .data import load_preferences
 
-    base = resolve(profile.base_model, profile)
-    tokenizer = _chat_tokenizer(str(base)) if base is not None else None
-    return load_preferences(str(resolve(profile.dataset, profile)), split=split, max_rows=n, tokenizer=tokenizer)
+    return load_preferences(str(resolve(profile.dataset, profile)), split=split, max_rows=n)
 
 
 def sft_data(profile):

@@ -44,3 +44,14 @@ def stages(tmp_path_factory) -> tuple[Path, Path]:
     reward_tokenizer.save_pretrained(reward_dir / "adapter")
     (reward_dir / "normalisation.json").write_text(json.dumps(STATS))
     return root / "sft", reward_dir
+
+
+def pytest_collection_modifyitems(items):
+    """Run the real track's rehearsal (and the install test) after the tiny profile's tests and notebooks.
+
+    The tiny profile's stages are the suite's long pole (``test_compare`` builds nearly all of them); with the quick
+    rehearsal tests last, both workers spend the first minutes building tiny stages side by side instead of one
+    worker building them alone.
+    """
+    late = ("test_rehearsal", "test_install")
+    items.sort(key=lambda item: any(name in item.nodeid for name in late))  # a stable sort keeps the order otherwise

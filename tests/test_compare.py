@@ -18,26 +18,41 @@ from rrhf_lite.online import label_pairs, ranks_like_gold
 from rrhf_lite.profiles import get_profile
 
 
-def test_gold_fit_recovers_a_known_peak():
-    kl = np.linspace(0, 4, 30)
-    gold = 2.0 + 1.0 * np.sqrt(kl) - 0.5 * kl  # peaks at sqrt(KL) = 1
+def test_gold_fit_recovers_a_known_peak_in_gao_et_al_rl_form():
+    kl = np.linspace(0, 9, 40)
+    d = np.sqrt(kl)
+    gold = 2.0 + d * (1.0 - 0.5 * np.log(np.where(d > 0, d, 1.0)))  # peak where 1 - 0.5 (ln d + 1) = 0: d = e
     fit = compare.gold_fit(kl, gold)
+    assert fit["form"] == "rl" and fit["alpha"] == pytest.approx(1.0) and fit["beta"] == pytest.approx(0.5)
+    assert fit["peak_kl"] == pytest.approx(np.e ** 2) and fit["gold_at_peak"] == pytest.approx(2.0 + 0.5 * np.e)
+    assert compare.gold_curve(fit, kl) == pytest.approx(gold)
+
+
+def test_gold_fit_in_the_best_of_n_form_and_curves_that_never_turn():
+    kl = np.linspace(0, 4, 30)
+    fit = compare.gold_fit(kl, 2.0 + np.sqrt(kl) - 0.5 * kl, form="bon")  # peaks at sqrt(KL) = 1
     assert fit["peak_kl"] == pytest.approx(1.0) and fit["gold_at_peak"] == pytest.approx(2.5)
-    # never rises: the peak is at the start
-    assert compare.gold_fit(kl, 1.0 - kl)["peak_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert compare.gold_fit(kl, 1.0 - kl, form="bon")["peak_kl"] == pytest.approx(0.0, abs=1e-9)  # never rises
+    assert compare.gold_fit(kl, 1.0 + kl)["peak_kl"] == pytest.approx(4.0)  # never falls: peak at the last point
+    with pytest.raises(ValueError, match="form"):
+        compare.gold_fit(kl, kl, form="linear")
 
 
 def test_overoptimisation_finds_the_gold_peak_and_the_proxy_gain_after_it():
     iterations = np.arange(1, 21)
     kl = iterations * 0.2
+    d = np.sqrt(kl)
     history = pd.DataFrame({"iteration": iterations, "kl": kl, "proxy_reward": iterations * 0.1,  # climbs
-                            "gold_reward": 2.0 + np.sqrt(kl) - 0.5 * kl})  # peaks at KL 1 = iteration 5
+                            "gold_reward": 2.0 + d * (1.0 - 2.0 * np.log(d))})  # RL form, peaks at d = e^-0.5
     for c in ("kl", "proxy_reward", "gold_reward"):
         history[f"{c}_smooth"] = history[c]
     info = compare.overoptimisation(history, tail=1)
-    assert info["peak_iteration"] == 5 and info["peak_kl"] == pytest.approx(1.0)
-    assert info["proxy_gain_after_peak"] == pytest.approx(2.0 - 0.5)
-    assert info["gold_loss_after_peak"] == pytest.approx(2.5 - (2.0 + 2.0 - 2.0))
+    peak_kl = np.exp(-1.0)  # d*^2 = 0.37: nearest rollout KL 0.4 = iteration 2
+    assert info["peak_kl"] == pytest.approx(peak_kl) and info["peak_iteration"] == 2
+    assert info["gold_at_peak"] == pytest.approx(2.0 + 2.0 * np.sqrt(peak_kl))
+    assert info["proxy_gain_after_peak"] == pytest.approx(2.0 - 0.2)
+    assert info["gold_loss_after_peak"] == pytest.approx(info["gold_at_peak"] - history["gold_reward"].iloc[-1])
+    assert info["curve_gold"][0] == pytest.approx(2.0)
 
 
 def test_training_trajectory_smooths_each_curve(tmp_path):

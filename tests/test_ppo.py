@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from rrhf_lite import ppo
 from rrhf_lite.evaluate import gold_rewards
-from rrhf_lite.logprobs import sequence_logprobs, tokenize_pair
+from rrhf_lite.logprobs import sampled_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.loop import CHECKPOINT_FILE
 from rrhf_lite.models import load_for_training
 from rrhf_lite.ppo import (
@@ -24,7 +24,6 @@ from rrhf_lite.ppo import (
     ppo_update,
     reference_logprobs,
     reward_head_weight,
-    rollout_batch,
     score_replies,
     token_rewards,
     train_ppo,
@@ -56,7 +55,7 @@ def some_batch(tokenizer, n=3):
     replies = [tokenizer(" Boil fresh water.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
                tokenizer(" No.", add_special_tokens=False)["input_ids"],  # a reply without eos
                tokenizer(" Sure. Pour it.", add_special_tokens=False)["input_ids"]][:n]
-    return rollout_batch(tokenizer, prompts, replies), replies
+    return sampled_batch(tokenizer, prompts, replies), replies
 
 
 # --------------------------------------------------------------------------------------------------------------------
