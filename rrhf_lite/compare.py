@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from .best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl
+from .evaluate import bootstrap_interval
 from .pipeline import (
     has_gold,
     load_samples,
@@ -42,6 +43,11 @@ COLUMNS = {
     "training_samples": "replies sampled from a model to train on (lesson 03's candidates, or PPO's rollouts)",
     "samples_per_answer": "replies sampled at answer time for one answer",
 }
+# The measured columns, each with a 95% bootstrap interval over held-out prompts in <column>_lo and <column>_hi.
+MEASURED = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+for _column in MEASURED:
+    COLUMNS[f"{_column}_lo"] = f"{_column}: lower end of its 95% bootstrap interval over held-out prompts"
+    COLUMNS[f"{_column}_hi"] = f"{_column}: upper end of its 95% bootstrap interval over held-out prompts"
 # (row name, method, data) of the trained methods, in the order of the lessons.
 TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
 
@@ -59,29 +65,44 @@ def _read(folder: Path, name: str) -> dict:
     return json.loads((folder / name).read_text())
 
 
+def intervals(per_reply: dict | None, prompts: int) -> dict[str, float]:
+    """``<column>_lo`` / ``<column>_hi`` for every measured column that has per-reply values (NaN where not: a stage
+    evaluated before per-reply values were kept, a bound rather than a measurement, or no judge)."""
+    out = {}
+    for column in MEASURED:
+        values = (per_reply or {}).get(column)
+        lo, hi = bootstrap_interval(values, prompts) if values else (np.nan, np.nan)
+        out[f"{column}_lo"], out[f"{column}_hi"] = lo, hi
+    return out
+
+
 def _row(name: str, report: dict, cost: dict, *, win_rate: float | None = None, training_samples: int,
-         samples_per_answer: int = 1, trainable_parameters: int | None = None) -> dict:
-    """One row of the table from a policy report (``policy_report``'s keys) and a ``cost.json``."""
+         samples_per_answer: int = 1, trainable_parameters: int | None = None, bounds: dict | None = None) -> dict:
+    """One row of the table from a policy report (``policy_report``'s keys), a ``cost.json`` and the intervals."""
     return {"method": name, "gold_reward": report.get("gold_reward", np.nan), "proxy_reward": report["proxy_reward"],
             "kl": report["kl"],
             "win_rate_vs_sft": report.get("win_rate_vs_sft", np.nan) if win_rate is None else win_rate,
             "train_seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"],
             "trainable_parameters": cost["trainable_parameters"] if trainable_parameters is None
             else trainable_parameters,
-            "training_samples": training_samples, "samples_per_answer": samples_per_answer}
+            "training_samples": training_samples, "samples_per_answer": samples_per_answer, **(bounds or {})}
 
 
 def trained_row(name: str, folder: Path, profile, method: str, data: str = "pairs") -> dict:
-    """One trained policy's row: its ``eval.json`` report and ``cost.json``."""
-    return _row(name, _read(folder, "eval.json")["report"], _read(folder, "cost.json"),
-                training_samples=policy_samples(profile, method, data))
+    """One trained policy's row: its ``eval.json`` report (with per-reply values for the intervals) and
+    ``cost.json``."""
+    evaluation = _read(folder, "eval.json")
+    return _row(name, evaluation["report"], _read(folder, "cost.json"),
+                training_samples=policy_samples(profile, method, data),
+                bounds=intervals(evaluation.get("per_reply"), profile.eval_prompts))
 
 
 def sft_row(profile) -> dict:
     """The baseline: SFT measured on the held-out prompts; its KL to itself is 0 and it ties with itself."""
     baseline = _read(samples_stage(profile), "sft_eval.json")
     return _row("SFT", baseline["report"], _read(sft_stage(profile), "cost.json"),
-                win_rate=0.5 if baseline["gold"] else np.nan, training_samples=0)
+                win_rate=0.5 if baseline["gold"] else np.nan, training_samples=0,
+                bounds=intervals(baseline.get("per_reply"), profile.eval_prompts))
 
 
 def best_of_n_scores(profile) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -108,14 +129,17 @@ def best_of_n_rows(profile) -> list[dict]:
         wins = [(gold > base[:, [j]]).double() + 0.5 * (gold == base[:, [j]]).double() for j in range(base.shape[1])]
     rows = []
     for n in profile.bon_table_n:
-        report = {"proxy_reward": best_of_n_expectation(proxy, proxy, n).mean().item(), "kl": best_of_n_kl(n)}
-        win_rate = np.nan
+        # per held-out prompt: the exact expectations (one value per prompt; the KL is a bound, no interval)
+        per_prompt = {"proxy_reward": best_of_n_expectation(proxy, proxy, n).tolist()}
         if gold is not None:
-            report["gold_reward"] = best_of_n_expectation(proxy, gold, n).mean().item()
+            per_prompt["gold_reward"] = best_of_n_expectation(proxy, gold, n).tolist()
             # win rate: the expected value, over the subsets, of "the selected reply beats the SFT reply"
-            win_rate = float(np.mean([best_of_n_expectation(proxy, w, n).mean().item() for w in wins]))
-        rows.append(_row(f"best-of-{n}", report, {**cost, "seconds": cost["seconds"] * n / profile.bon_n},
-                         win_rate=win_rate, training_samples=0, samples_per_answer=n, trainable_parameters=0))
+            per_prompt["win_rate_vs_sft"] = torch.stack([best_of_n_expectation(proxy, w, n)
+                                                         for w in wins]).mean(0).tolist()
+        report = {column: float(np.mean(values)) for column, values in per_prompt.items()}
+        rows.append(_row(f"best-of-{n}", {**report, "kl": best_of_n_kl(n)},
+                         {**cost, "seconds": cost["seconds"] * n / profile.bon_n}, training_samples=0,
+                         samples_per_answer=n, trainable_parameters=0, bounds=intervals(per_prompt, len(proxy))))
     return rows
 
 
@@ -140,6 +164,17 @@ def results_table(profile, *, weak_kl: bool = True, online: bool | None = None) 
         row["training_samples"] += profile.sample_prompts * profile.online_samples_per_prompt
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")[list(COLUMNS)]
+
+
+def with_intervals(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The measured columns as text, ``mean [lo, hi]`` (95% bootstrap over held-out prompts), the rest as they are:
+    the table to read. Two methods differ on a column only where their intervals do not overlap (and even then a
+    single training seed says nothing about the spread between training runs)."""
+    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_lo", "_hi"))])
+    for column in MEASURED:
+        shown[column] = [f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+                         for m, lo, hi in zip(table[column], table[f"{column}_lo"], table[f"{column}_hi"])]
+    return shown
 
 
 def best_of_n_frontier(profile, ns: list[int] | None = None) -> pd.DataFrame:

@@ -71,9 +71,14 @@ def calibration(chosen_rewards, rejected_rewards, bins: int = 10) -> Calibration
     return Calibration(predicted, observed, counts, ece)
 
 
+def wins(scores_a, scores_b) -> list[float]:
+    """Per pair: 1 where reply a scores higher than reply b, 0.5 for a tie, 0 otherwise."""
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b)]
+
+
 def win_rate(scores_a, scores_b) -> float:
     """Share of prompts where reply a scores higher than reply b; a tie counts as half a win."""
-    return mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b))
+    return mean(wins(scores_a, scores_b))
 
 
 def kl_to_reference(model, tokenizer, generation: Generation, reference=None, temperature: float = 1.0) -> torch.Tensor:
@@ -100,11 +105,13 @@ def kl_to_reference(model, tokenizer, generation: Generation, reference=None, te
 
 def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_fn=None, *, reference=None,
                   is_reference: bool = False, baseline_gold: list[float] | None = None,
-                  seed: int | None = None) -> tuple[dict, list[str]]:
+                  seed: int | None = None) -> tuple[dict, list[str], dict[str, list[float]]]:
     """Sample one reply per held-out prompt and measure it: proxy and gold reward, KL to the reference, win rate.
 
     ``reference`` is as for :func:`kl_to_reference`; ``is_reference=True`` says ``model`` *is* the reference (the
-    SFT baseline), so its KL is 0 by definition. Returns the report (a dict of floats) and the replies.
+    SFT baseline), so its KL is 0 by definition. Returns the report (a dict of means), the replies, and the
+    per-reply values behind each mean (``proxy_reward``, ``kl``, and ``gold_reward`` and ``win_rate_vs_sft`` where
+    there is a judge): what :func:`bootstrap_interval` resamples.
     """
     generation = generate_tokens(model, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
                                  temperature=profile.sample_temperature, batch_size=profile.generation_batch_size,
@@ -114,11 +121,32 @@ def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_
         kl = torch.zeros(len(prompts))
     else:
         kl = kl_to_reference(model, tokenizer, generation, reference, temperature=profile.sample_temperature)
-    report = {"proxy_reward": mean(score_fn(prompts, replies)), "kl": kl.mean().item(),
-              "reply_tokens": mean(len(ids) for ids in generation.reply_ids)}
+    per_reply = {"proxy_reward": [float(v) for v in score_fn(prompts, replies)], "kl": kl.tolist()}
     if gold_fn is not None:
-        gold = gold_fn(prompts, replies)
-        report["gold_reward"] = mean(gold)
+        per_reply["gold_reward"] = [float(v) for v in gold_fn(prompts, replies)]
         if baseline_gold is not None:
-            report["win_rate_vs_sft"] = win_rate(gold, baseline_gold)
-    return report, replies
+            per_reply["win_rate_vs_sft"] = wins(per_reply["gold_reward"], baseline_gold)
+    report = {name: mean(values) for name, values in per_reply.items()}
+    report["reply_tokens"] = mean(len(ids) for ids in generation.reply_ids)
+    return report, replies, per_reply
+
+
+def bootstrap_interval(per_reply, prompts: int, *, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap confidence interval for the mean of ``per_reply`` values, resampling *prompts*.
+
+    ``per_reply`` holds ``k * prompts`` values in the order of :func:`rrhf_lite.pipeline.evaluation_prompts` (the
+    held-out prompts, then the same prompts again, ``k`` times): replies to one prompt are not independent of each
+    other, so the unit that is resampled is the prompt, with all its replies. (One value per prompt: ``k = 1``.)
+    The interval covers evaluation noise only (which prompts were drawn, what was sampled), not the spread between
+    training runs with other seeds.
+    """
+    values = torch.as_tensor(per_reply, dtype=torch.float64)
+    if values.numel() % prompts:
+        raise ValueError(f"{values.numel()} values do not split into {prompts} prompts")
+    per_prompt = values.reshape(-1, prompts).mean(dim=0)  # [prompts]
+    picks = torch.randint(prompts, (resamples, prompts), generator=torch.Generator().manual_seed(seed))
+    means = per_prompt[picks].mean(dim=1)
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return lo, hi

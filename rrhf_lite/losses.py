@@ -59,9 +59,9 @@ def reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tens
 class RankingLoss(NamedTuple):
     """What :func:`rrhf_loss` and :func:`pro_loss` return (three scalars)."""
 
-    loss: torch.Tensor  # what to backprop: rank + sft_weight * sft
+    loss: torch.Tensor  # what to backprop: rank + the weighted SFT term
     rank: torch.Tensor  # the ranking term alone
-    sft: torch.Tensor  # the SFT term alone (mean NLL per token of the best candidate), unweighted
+    sft: torch.Tensor  # the SFT term alone, unweighted: NLL of the best candidate (summed or per token, see each loss)
 
 
 def _ranking_inputs(logp_sums, lengths, rewards, valid):
@@ -88,13 +88,13 @@ def _ranking_inputs(logp_sums, lengths, rewards, valid):
 
 
 def _best_candidate_nll(logps: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over queries of ``-logps`` of the best-scored valid candidate (``logps`` summed or per token).
+    """``[B]``: ``-logps`` of the best-scored valid candidate of each query (``logps`` summed or per token).
 
     When several candidates tie for the best reward their NLLs are averaged, so candidate order does not matter.
     """
     top = torch.where(valid, rewards, float("-inf")).amax(dim=1, keepdim=True)
     best = valid & (rewards == top)
-    return (-torch.where(best, logps, 0.0).sum(dim=1) / best.sum(dim=1)).mean()
+    return -torch.where(best, logps, 0.0).sum(dim=1) / best.sum(dim=1)
 
 
 def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor, *,
@@ -141,12 +141,16 @@ def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Ten
     worse = (rewards[:, :, None] < rewards[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     gaps = (p[:, :, None] - p[:, None, :]).clamp(min=0)  # max(0, p_i - p_j)
     rank = torch.where(worse, gaps, 0.0).sum(dim=(1, 2)).mean()
-    sft = _best_candidate_nll(logp_sums, rewards, valid)
+    sft = _best_candidate_nll(logp_sums, rewards, valid).mean()
     return RankingLoss(rank + sft_weight * sft, rank, sft)
 
 
+PRO_SFT_SCALES = ("official", "per_token")
+
+
 def pro_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor, *,
-             valid: torch.Tensor | None = None, use_temperature: bool = True, sft_weight: float = 0.05) -> RankingLoss:
+             valid: torch.Tensor | None = None, use_temperature: bool = True, sft_weight: float = 0.05,
+             sft_scale: str = "official") -> RankingLoss:
     """PRO: Preference Ranking Optimization (Song et al. 2023, "Preference Ranking Optimization for Human
     Alignment", the PRO loss with the reward-based "dynamic temperature", plus the SFT term).
 
@@ -155,7 +159,7 @@ def pro_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tens
 
         L_rank = sum_{k=1}^{n-1} -log[ exp(s_k * T_k^k) / sum_{i>=k} exp(s_i * T_k^i) ]
         T_k^i  = r_k - r_i  for i > k   (>= 0 after sorting),      T_k^k = max_{i>k} T_k^i
-        L      = L_rank + sft_weight * L_sft,   L_sft = -s_best (mean NLL per token of the best reply)
+        L      = L_rank + sft_weight * (n - 1)^2 * L_sft,   L_sft = -log pi(y_best)   (summed over its tokens)
 
     Each term k is a softmax cross-entropy: "candidate k should beat everyone ranked below it". With n = 2 and no
     temperature it is -log sigmoid(s_1 - s_2), the Bradley-Terry / DPO-style logistic loss on the score gap; PRO
@@ -167,16 +171,22 @@ def pro_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tens
 
     * Normalisation: the n - 1 terms are *summed*, as in the paper (not divided by n - 1), then averaged over
       queries. So the ranking term grows with the ranking length; keep n fixed when comparing runs.
-    * L_sft is the mean NLL per token of the best reply (ties for the best reward averaged). The official code
-      (github.com/DAMO-ConvAI/PRO) instead uses a *summed* NLL weighted by sft_weight * (n - 1)**2; we keep the
-      per-token mean and a plain ``sft_weight`` so the weight means the same thing for any n and reply length.
+    * L_sft, as the official code (github.com/DAMO-ConvAI/PRO) computes it (``sft_scale="official"``, the default):
+      the *summed* NLL of the best reply (ties for the best reward averaged), weighted by ``sft_weight * (n - 1)**2``
+      with n the query's number of candidates. The paper writes only "beta * L_sft"; the code's scale is what its
+      results come from. ``sft_scale="per_token"`` is the weaker anchor this package used before: the *mean* NLL per
+      token, weighted by ``sft_weight`` alone, whatever n (at n = 5 and 30-token replies, ~480 times weaker). The
+      anchor is what keeps PRO near the SFT model: RRHF's is its summed fine-tuning term with weight 1.
     * Candidates are sorted inside the function: the official code assumes sorted input, and unsorted rewards there
       make the temperatures negative. Here every T is >= 0. Padding slots sort last and are left out of every
       softmax. Tied rewards keep their input order (a stable sort), so with ties the loss can depend on that order.
     * ``logsumexp`` keeps the softmax finite even for log-probs around -1e4 times reward gaps around 1e4.
 
-    Args: as for :func:`rrhf_loss`; ``sft_weight`` defaults to 0.05 (the official HH script).
+    Args: as for :func:`rrhf_loss`; ``sft_weight`` defaults to 0.05 (the official HH script); ``sft_scale`` is
+    ``"official"`` or ``"per_token"`` (above).
     """
+    if sft_scale not in PRO_SFT_SCALES:
+        raise ValueError(f"sft_scale must be one of {PRO_SFT_SCALES}, got {sft_scale!r}")
     logp_sums, lengths, rewards, valid = _ranking_inputs(logp_sums, lengths, rewards, valid)
     scores = logp_sums / lengths  # s: mean log-prob per token, [B, n]
     order = torch.where(valid, rewards, float("-inf")).argsort(dim=1, descending=True, stable=True)
@@ -193,8 +203,13 @@ def pro_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tens
     log_denominator = torch.logsumexp(torch.cat([own[:, :, None], rivals], dim=2), dim=2)
     has_rival = below.any(dim=2)  # k is a real candidate with at least one real candidate below it
     rank = torch.where(has_rival, log_denominator - own, 0.0).sum(dim=1).mean()
-    sft = _best_candidate_nll(scores, rewards, valid)
-    return RankingLoss(rank + sft_weight * sft, rank, sft)
+    if sft_scale == "per_token":
+        sft = _best_candidate_nll(scores, rewards, valid)
+        weight = torch.full_like(sft, sft_weight)
+    else:
+        sft = _best_candidate_nll(logp_sums, rewards, valid)
+        weight = sft_weight * (valid.sum(dim=1) - 1).to(sft.dtype) ** 2
+    return RankingLoss(rank + (weight * sft).mean(), rank, sft.mean())
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ SAMPLES_FIELDS = WORLD_FIELDS + EVAL_FIELDS + ("compute_dtype", "sample_prompts"
 RANKING_FIELDS = LORA_FIELDS + EVAL_FIELDS + ("ranking_steps", "ranking_batch_size", "ranking_warmup_steps")
 METHOD_FIELDS = {
     "rrhf": RANKING_FIELDS + ("rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight"),
-    "pro": RANKING_FIELDS + ("pro_lr", "pro_sft_weight", "pro_use_temperature", "pro_ranking_length"),
+    "pro": RANKING_FIELDS + ("pro_lr", "pro_sft_weight", "pro_sft_scale", "pro_use_temperature",
+                             "pro_ranking_length"),
     "dpo": LORA_FIELDS + EVAL_FIELDS + ("dpo_steps", "dpo_batch_size", "dpo_lr", "dpo_warmup_steps", "dpo_beta",
                                         "dpo_loss_type", "dpo_label_smoothing", "ppl_quantile", "sample_prompts"),
     "ppo": LORA_FIELDS + EVAL_FIELDS + REWARD_FIELDS + ("ppo_iterations", "ppo_rollout_prompts", "ppo_epochs",
@@ -262,9 +263,12 @@ def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> 
 
     # The SFT model measured exactly as every method will be (same prompts, same seed): the baseline.
     measured = evaluation_prompts(profile)
-    report, replies = policy_report(policy, tokenizer, measured, profile, score_fn, gold_fn, is_reference=True)
-    gold = gold_fn(measured, replies) if gold_fn else None
-    (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "gold": gold}, indent=1))
+    report, replies, per_reply = policy_report(policy, tokenizer, measured, profile, score_fn, gold_fn,
+                                               is_reference=True)
+    if gold_fn is not None:
+        per_reply["win_rate_vs_sft"] = [0.5] * len(replies)  # a tie with itself, reply by reply
+    (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "per_reply": per_reply,
+                                                   "gold": per_reply.get("gold_reward")}, indent=1))
 
 
 def samples_stage(profile, force: bool = False) -> Path:
@@ -293,10 +297,10 @@ def evaluate_adapter(profile, adapter_dir: Path) -> dict:
     sft, samples = sft_stage(profile), samples_stage(profile)
     baseline = json.loads((samples / "sft_eval.json").read_text())
     model, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
-    report, replies = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
-                                    proxy_scorer(profile, sft, reward_stage(profile)), gold_scorer(profile),
-                                    baseline_gold=baseline["gold"])
-    return {"report": report, "replies": replies}
+    report, replies, per_reply = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
+                                               proxy_scorer(profile, sft, reward_stage(profile)),
+                                               gold_scorer(profile), baseline_gold=baseline["gold"])
+    return {"report": report, "replies": replies, "per_reply": per_reply}
 
 
 def dpo_pairs(profile, data: str = "pairs"):
@@ -367,8 +371,8 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
 # One round of online data collection (Bai et al. 2022): see rrhf_lite/online.py
 # ------------------------------------------------------------------------------------------------------------
 ONLINE_FIELDS = tuple(dict.fromkeys(REWARD_FIELDS + SAMPLES_FIELDS + RANKING_FIELDS + (
-    "rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight", "pro_lr", "pro_sft_weight", "pro_use_temperature",
-    "pro_ranking_length", "online_method", "online_samples_per_prompt")))
+    "rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight", "pro_lr", "pro_sft_weight", "pro_sft_scale",
+    "pro_use_temperature", "pro_ranking_length", "online_method", "online_samples_per_prompt")))
 
 
 def online_stage(profile, force: bool = False) -> Path:

@@ -105,7 +105,8 @@ def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = 
     ``table`` is :func:`rrhf_lite.compare.results_table` (one marker per method); ``bon_curve`` is best-of-n's exact
     expectation at every n (a line, at the upper bound on its KL); ``bon_draws`` are best-of-n picks actually drawn
     (hollow markers); ``trajectories`` maps a name to a PPO run's smoothed rollout history (a path through the plane).
-    ``reward`` is "gold" or "proxy".
+    ``reward`` is "gold" or "proxy". Where the table has ``<column>_lo``/``_hi`` (95% bootstrap intervals over
+    held-out prompts), each method gets error bars in both directions.
     """
     ax = _axes(ax)
     x = (lambda kl: np.sqrt(np.clip(kl, 0, None))) if sqrt_kl else (lambda kl: np.asarray(kl))
@@ -121,7 +122,12 @@ def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = 
     for name, row in table.iterrows():
         if name.startswith("best-of-"):
             continue
-        ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name)
+        marker = ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name)
+        if f"{column}_lo" in row and not np.isnan(row[f"{column}_lo"]):  # 95% intervals over held-out prompts
+            kl_lo, kl_hi = x(max(row["kl_lo"], 0.0)), x(row["kl_hi"])
+            ax.errorbar(x(row["kl"]), row[column], color=marker.get_facecolor()[0], lw=1, capsize=2, zorder=2,
+                        yerr=[[row[column] - row[f"{column}_lo"]], [row[f"{column}_hi"] - row[column]]],
+                        xerr=[[max(x(row["kl"]) - kl_lo, 0.0)], [max(kl_hi - x(row["kl"]), 0.0)]])
     ax.set_xlabel("sqrt(KL to SFT)  (sqrt nats)" if sqrt_kl else "KL to SFT (nats)")
     ax.set_ylabel(f"{reward} reward")
     if legend:

@@ -124,6 +124,7 @@ class Profile:
     rrhf_sft_weight: float = 1.0  # RRHF: weight of the SFT term on the best candidate (the paper uses 1)
     pro_lr: float = 2e-4  # PRO: peak learning rate of the fresh LoRA adapters
     pro_sft_weight: float = 0.05  # PRO: weight of the SFT term (the official HH script uses 0.05)
+    pro_sft_scale: str = "official"  # PRO: "official" = summed NLL x weight x (n-1)^2 as DAMO-ConvAI/PRO; "per_token"
     pro_use_temperature: bool = True  # PRO: scale each contrast by reward gaps (the paper's dynamic temperature)
     pro_ranking_length: int = 0  # PRO: candidates kept per prompt (best, worst, spread between); 0 = all
 

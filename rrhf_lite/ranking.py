@@ -79,7 +79,7 @@ def loss_function(profile, method: str):
                                  sft_weight=profile.rrhf_sft_weight)
     if method == "pro":
         return functools.partial(pro_loss, use_temperature=profile.pro_use_temperature,
-                                 sft_weight=profile.pro_sft_weight)
+                                 sft_weight=profile.pro_sft_weight, sft_scale=profile.pro_sft_scale)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

@@ -131,3 +131,16 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     csv, js = compare.save_results(table, profile.__class__(runs_dir=str(tmp_path)))
     assert pd.read_csv(csv, index_col="method").shape == table.shape
     assert [row["method"] for row in json.loads(js.read_text())["rows"]] == list(table.index)
+
+
+def test_intervals_and_their_display():
+    per_reply = {"gold_reward": [1.0, 3.0, 3.0, 1.0], "proxy_reward": [0.5] * 4}  # two prompts, two replies each
+    bounds = compare.intervals(per_reply, prompts=2)
+    assert bounds["gold_reward_lo"] == pytest.approx(2.0) and bounds["gold_reward_hi"] == pytest.approx(2.0)
+    assert bounds["proxy_reward_lo"] == bounds["proxy_reward_hi"] == pytest.approx(0.5)
+    assert np.isnan(bounds["kl_lo"]) and np.isnan(compare.intervals(None, 2)["win_rate_vs_sft_hi"])  # not measured
+    table = pd.DataFrame([{"method": "A", "gold_reward": 2.0, "proxy_reward": 0.5, "kl": 0.25,
+                           "win_rate_vs_sft": 0.5, **bounds}]).set_index("method")
+    shown = compare.with_intervals(table)
+    assert shown.loc["A", "gold_reward"] == "2.00 [2.00, 2.00]" and shown.loc["A", "kl"] == "0.25"
+    assert not any(c.endswith(("_lo", "_hi")) for c in shown.columns)

@@ -89,3 +89,19 @@ def test_kl_from_sampled_ids_matches_the_exact_kl():
     # Within Monte Carlo error. (Decoding to text, re-tokenising and appending <eos> to every reply gives 1.77 here
     # against an exact 1.24: about 25 standard errors off.)
     assert abs(estimate - exact) < 4 * error, f"estimate {estimate:.4f} +- {error:.4f}, exact {exact:.4f}"
+
+
+def test_bootstrap_interval_resamples_prompts():
+    from rrhf_lite.evaluate import bootstrap_interval
+
+    assert bootstrap_interval([2.0] * 12, prompts=6) == pytest.approx((2.0, 2.0))  # no spread, no interval
+    # Two replies per prompt, in evaluation order (all prompts, then all prompts again): each prompt's two replies
+    # average to the same value, so resampling prompts finds no spread although single replies vary widely.
+    assert bootstrap_interval([0.0, 10.0, 4.0, 10.0, 0.0, 6.0], prompts=3) == pytest.approx((5.0, 5.0))
+    # Normal values: the interval is about mean +- 1.96 sd / sqrt(n).
+    values = torch.randn(400, generator=torch.Generator().manual_seed(0)).tolist()
+    lo, hi = bootstrap_interval(values, prompts=400)
+    mean = sum(values) / 400
+    assert lo < mean < hi and (hi - lo) / 2 == pytest.approx(1.96 / 20, rel=0.15)
+    with pytest.raises(ValueError, match="split"):
+        bootstrap_interval([1.0, 2.0, 3.0], prompts=2)

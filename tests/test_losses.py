@@ -132,9 +132,25 @@ def test_pro_hand_values_n3_with_and_without_temperature():
     expected_temp = nll_pro_term(-3.0, [-4.0, -1.5]) + nll_pro_term(-2.0, [-0.5])
     out = pro_loss(logps, lengths, rewards)
     assert out.rank.item() == pytest.approx(expected_temp)
-    # SFT: the best (reward 3) has mean log-prob -1 -> NLL 1; loss = rank + 0.05 * 1.
-    assert out.sft.item() == pytest.approx(1.0)
-    assert out.loss.item() == pytest.approx(expected_temp + 0.05)
+    # SFT as the official code: the best (reward 3) has summed log-prob -2 -> NLL 2, weighted 0.05 * (3 - 1)^2.
+    assert out.sft.item() == pytest.approx(2.0)
+    assert out.loss.item() == pytest.approx(expected_temp + 0.05 * 4 * 2.0)
+    # The per-token variant: mean log-prob -1 -> NLL 1, weighted 0.05 whatever n.
+    per_token = pro_loss(logps, lengths, rewards, sft_scale="per_token")
+    assert per_token.sft.item() == pytest.approx(1.0)
+    assert per_token.loss.item() == pytest.approx(expected_temp + 0.05)
+    with pytest.raises(ValueError, match="sft_scale"):
+        pro_loss(logps, lengths, rewards, sft_scale="mean")
+
+
+def test_pro_official_sft_weight_follows_each_querys_number_of_candidates():
+    # Query 1: 3 candidates, best summed log-prob -4 -> weight 0.05 * 2^2; query 2: 2 candidates (+ padding),
+    # best -1 -> weight 0.05 * 1^2. The SFT part of the loss is the mean of the weighted NLLs.
+    nan = float("nan")
+    out = pro_loss(t([-4.0, -2.0, -1.5], [-1.0, -3.0, nan]), t([2, 2, 3], [1, 1, nan]),
+                   t([3.0, 1.0, 0.0], [1.0, 0.0, nan]), valid=t([1, 1, 1], [1, 1, 0]).bool())
+    assert (out.loss - out.rank).item() == pytest.approx((0.05 * 4 * 4.0 + 0.05 * 1 * 1.0) / 2)
+    assert out.sft.item() == pytest.approx((4.0 + 1.0) / 2)
 
 
 def test_pro_with_two_candidates_is_a_logistic_loss_on_the_score_gap():
