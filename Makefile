@@ -14,7 +14,7 @@ TORCH ?= torch==2.13.0
 PROFILE ?= $(or $(RRHF_LITE_PROFILE),tiny)
 PY := $(VENV)/bin/python
 
-.PHONY: install main test lint clean
+.PHONY: install main test study lint clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ main: install
 # over two threads each (OpenMP oversubscription slows tiny models down several-fold).
 test: install
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --nbmake --nbmake-timeout=600 --durations=15 tests notebooks
+
+# Every method trained with SEEDS training seeds on the same SFT and reward model: means and intervals over seeds,
+# and which differences between methods are larger than their intervals (runs/$(PROFILE)/study.json; lesson 08 shows it).
+SEEDS ?= 3
+study: install
+	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.study --seeds $(SEEDS)
 
 lint: install
 	$(PY) -m ruff check rrhf_lite tests

@@ -20,6 +20,7 @@ data and judge of the ``rehearsal`` profile come from is :mod:`rrhf_lite.standin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -35,6 +36,7 @@ from .sources import (  # noqa: F401  (re-exported: the notebooks import them fr
     has_gold,
     is_tiny_world,
     preference_data,
+    rollout_prompts,
     sft_data,
 )
 from .stages import build_or_load, checkpoint_dir
@@ -71,6 +73,7 @@ METHOD_FIELDS = {
                                                         "ppo_kl_target", "ppo_kl_horizon", "ppo_no_eos_penalty",
                                                         "ppo_value_init"),
 }
+METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_FIELDS.items()}
 DPO_DATA = ("pairs", "filtered", "labels")
 
 
@@ -331,6 +334,14 @@ def policy_samples(profile, method: str, data: str = "pairs") -> int:
     return profile.sample_prompts * (profile.samples_per_prompt + profile.base_samples_per_prompt)
 
 
+def training_profile(profile):
+    """The profile a method trains with: ``seed`` replaced by ``method_seed`` when that is set, so that a method can be
+    trained again with another seed (adapter initialisation, batch order, PPO's rollouts) on the same SFT model,
+    reward model, data and evaluation (:mod:`rrhf_lite.study`): everything that depends on the data (the tiny world's
+    prompts included) is computed from ``profile`` itself."""
+    return profile if profile.method_seed is None else dataclasses.replace(profile, seed=profile.method_seed)
+
+
 def method_stage(profile, method: str, data: str = "pairs", force: bool = False) -> Path:
     """Train and evaluate ``method`` ("rrhf", "pro", "dpo" or "ppo") from the SFT model; returns the stage folder.
 
@@ -347,17 +358,20 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     if method not in METHOD_FIELDS:
         raise ValueError(f"method must be one of {sorted(METHOD_FIELDS)}, got {method!r}")
     sft, samples = sft_stage(profile), samples_stage(profile)
+    trained = training_profile(profile)
 
     def train_fn(out: Path, ckpt: Path) -> None:
         if method == "dpo":
-            train_dpo(profile, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
+            train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
         elif method == "ppo":
-            train_ppo(profile, sft, reward_stage(profile), out, gold_fn=gold_scorer(profile), checkpoint_dir=ckpt)
+            prompts = rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations)
+            train_ppo(trained, sft, reward_stage(profile), out, prompts=prompts, gold_fn=gold_scorer(profile),
+                      checkpoint_dir=ckpt)
         else:
             rankings = load_samples(profile, "rankings")
             if method == "pro" and profile.pro_ranking_length:
                 rankings = shorten_rankings(rankings, profile.pro_ranking_length)
-            train_ranking(profile, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
+            train_ranking(trained, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
 
     def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))

@@ -160,3 +160,19 @@ def plot_overoptimisation(history, info: dict, ax=None, x: str = "kl"):
     ax.set_ylabel("reward of the rollouts")
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_study(summary, ax=None):
+    """Every method of :mod:`rrhf_lite.study` at its mean (KL, gold reward) over training seeds, with 95% intervals
+    over seeds in both directions (proxy reward where there is no judge)."""
+    ax = _axes(ax)
+    reward = "gold_reward" if "gold_reward" in summary and summary["gold_reward"].notna().all() else "proxy_reward"
+    for name, row in summary.iterrows():
+        ax.errorbar(row["kl"], row[reward], fmt="o", capsize=3, label=f"{name} ({int(row['seeds'])} seeds)",
+                    xerr=[[row["kl"] - row["kl_lo"]], [row["kl_hi"] - row["kl"]]],
+                    yerr=[[row[reward] - row[f"{reward}_lo"]], [row[f"{reward}_hi"] - row[reward]]])
+    ax.set_xlabel("KL to SFT (nats)")
+    ax.set_ylabel(reward.replace("_", " "))
+    ax.set_title("mean over training seeds, 95% intervals")
+    ax.legend(fontsize=8)
+    return ax

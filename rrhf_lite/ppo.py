@@ -79,8 +79,7 @@ from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
 from .models import count_parameters, load_for_training
 from .reward import load_reward_model, normalised_scorer
 from .sampling import generate_tokens
-from .sources import is_tiny_world, preference_data
-from .world import TinyWorld
+from .sources import rollout_prompts
 
 # --------------------------------------------------------------------------------------------------------------------
 # The models: policy + value head on one trunk, the reference by disabling the adapters, the reward model apart.
@@ -420,16 +419,14 @@ def rollout_metrics(rollout: Rollout, gold_fn=None) -> dict[str, float | None]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def training_prompts(profile, tokenizer, n: int) -> list[str]:
-    """``n`` training prompts: the tiny world's train split, or HH-RLHF's train prompts on real profiles.
+def training_prompts(profile, tokenizer, n: int, prompts: list[str] | None = None) -> list[str]:
+    """``n`` training prompts: ``prompts`` if given, else :func:`rrhf_lite.sources.rollout_prompts` (the tiny world's
+    train split, or the dataset's train prompts on real profiles).
 
     Prompts too long to leave room for ``max_new_tokens`` within ``max_length`` are dropped, and the rest repeated
     to make up ``n``.
     """
-    if is_tiny_world(profile):
-        prompts = TinyWorld.from_profile(profile).sample_prompts(n, "train")
-    else:
-        prompts = list(preference_data(profile, "train", n)["prompt"])
+    prompts = rollout_prompts(profile, n) if prompts is None else prompts
     room = profile.max_length - profile.max_new_tokens
     fitting = [p for p in prompts if len(tokenizer(p)["input_ids"]) <= room]
     if not fitting:
@@ -469,8 +466,8 @@ def load_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller) ->
     return state["iteration"], state["history"]
 
 
-def train_ppo(profile, sft_dir, reward_dir, out_dir, *, gold_fn=None, checkpoint_dir=None, checkpoint_every: int = 5,
-              progress: bool = True) -> list[dict]:
+def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | None = None, gold_fn=None,
+              checkpoint_dir=None, checkpoint_every: int = 5, progress: bool = True) -> list[dict]:
     """Train fresh LoRA adapters and a value head on the SFT model with PPO against the reward model of stage 02.
 
     Runs ``profile.ppo_iterations`` iterations of ``ppo_rollout_prompts`` prompts each (see the module docstring)
@@ -478,6 +475,7 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, gold_fn=None, checkpoint
     ``out_dir/history.json``. With ``checkpoint_dir``, state is saved every ``checkpoint_every`` iterations and a
     call with the same folder resumes there, ending with the same numbers as an uninterrupted run.
 
+    ``prompts`` are the rollouts' prompts (default: :func:`rrhf_lite.sources.rollout_prompts` of ``profile``).
     ``gold_fn(prompts, replies) -> list[float]`` (the gold judge, if the profile has one) is only recorded, in the
     history's ``gold_reward``: PPO never trains on it.
 
@@ -487,7 +485,7 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, gold_fn=None, checkpoint
     sft_dir, reward_dir, out_dir = Path(sft_dir), Path(reward_dir), Path(out_dir)
     model, tokenizer, reward_fn = load_models(profile, sft_dir, reward_dir)
     n, iterations = profile.ppo_rollout_prompts, profile.ppo_iterations
-    prompts = training_prompts(profile, tokenizer, n * iterations)
+    prompts = training_prompts(profile, tokenizer, n * iterations, prompts)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile.ppo_lr, eps=1e-5,
                                   weight_decay=profile.weight_decay)
     controller = kl_controller(profile)

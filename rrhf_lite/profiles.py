@@ -53,6 +53,7 @@ class Profile:
 
     name: str = "tiny"  # folder name under runs/; also how get_profile() finds the profile
     seed: int = 0  # one seed for data, initialisation and sampling; same seed -> same numbers on CPU
+    method_seed: int | None = None  # training seed of RRHF/PRO/DPO/PPO alone (rrhf_lite.study); None = seed
 
     # --- data ---------------------------------------------------------------------------------------
     dataset: str = "tiny-world"  # "tiny-world" (built offline), a hub id like "Anthropic/hh-rlhf", or a local path

@@ -80,6 +80,13 @@ def comparison_prompts(profile, n: int) -> list[str]:
     return list(preference_data(profile, "train", n)["prompt"])
 
 
+def rollout_prompts(profile, n: int) -> list[str]:
+    """``n`` training prompts for PPO's rollouts: the tiny world's train split, or the dataset's train prompts."""
+    if is_tiny_world(profile):
+        return TinyWorld.from_profile(profile).sample_prompts(n, "train")
+    return list(preference_data(profile, "train", n)["prompt"])
+
+
 def candidate_prompts(profile) -> tuple[list[str], list[list[str]]]:
     """Training prompts for the ranking data and, per prompt, the "expert" replies that join the candidates.
 

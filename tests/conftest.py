@@ -53,5 +53,5 @@ def pytest_collection_modifyitems(items):
     rehearsal tests last, both workers spend the first minutes building tiny stages side by side instead of one
     worker building them alone.
     """
-    late = ("test_rehearsal", "test_install")
+    late = ("test_rehearsal", "test_install", "test_study")
     items.sort(key=lambda item: any(name in item.nodeid for name in late))  # a stable sort keeps the order otherwise

@@ -1,0 +1,144 @@
+"""Several training seeds of every method, on the same SFT model and reward model: which differences are real?
+
+One run of each method (lesson 08's table) mixes two kinds of noise: *evaluation* noise (which held-out prompts, what
+was sampled; the table's bootstrap intervals) and *training* noise (another seed gives other adapters, another batch
+order, other PPO rollouts). A single seed cannot show the second. The study trains RRHF, PRO, DPO and PPO with
+``seeds`` training seeds each (``profile.method_seed``; SFT, the reward model, the candidates and the evaluation prompts
+stay the same), and reports per method the mean over seeds with a 95% t-interval, and for every pair of methods the
+difference of their mean gold reward with its interval: a difference counts only when its interval excludes 0.
+
+Run it with ``make study`` (``python -m rrhf_lite.study --seeds 3``); it writes ``runs/<profile>/study.json`` (and the
+tables as CSV, and a frontier with error bars in ``figures/``). Lesson 08 shows it when it is there and was made with
+the lesson's settings. Each (method, seed) is an ordinary stage, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from .pipeline import METHOD_FIELDS, method_stage
+from .plots import plot_study, save_figure
+from .profiles import get_profile
+
+# (row name, method, DPO data) of the methods compared
+METHODS = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
+MEASURES = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+# Two-sided 95% critical values of Student's t with df = 1 .. 10 degrees of freedom (1.96 is the limit).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_quantile(df: int) -> float:
+    """t_{0.975, df}: the half-width of a 95% interval is this times the standard error."""
+    if df < 1:
+        raise ValueError("an interval over seeds needs at least 2 seeds")
+    return T_975.get(df, 1.96 + 2.4 / df)  # beyond 10: within 0.01 of the exact value
+
+
+def mean_interval(values) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per seed) and its 95% t-interval."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    half = t_quantile(len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def run_study(profile, seeds: int = 3, progress: bool = True) -> dict:
+    """Train (or load) every method with training seeds ``0 .. seeds - 1`` and summarise. Returns the study's record
+    (what :func:`save_study` writes)."""
+    runs = []
+    for seed, (name, method, data) in itertools.product(range(seeds), METHODS):
+        if progress:
+            print(f"study: {name}, training seed {seed}", flush=True)
+        folder = method_stage(dataclasses.replace(profile, method_seed=seed), method, data)
+        report = json.loads((folder / "eval.json").read_text())["report"]
+        runs.append({"method": name, "seed": seed, **{m: report.get(m, np.nan) for m in MEASURES}})
+    return summarise(pd.DataFrame(runs), profile, seeds)
+
+
+def summarise(runs: pd.DataFrame, profile, seeds: int) -> dict:
+    """Per method: mean and 95% t-interval over seeds of every measure; per pair of methods: the difference of their
+    mean gold reward (or proxy reward where there is no judge) with its interval and whether it excludes 0."""
+    summary = []
+    for name, group in runs.groupby("method", sort=False):
+        row = {"method": name, "seeds": len(group)}
+        for measure in MEASURES:
+            if group[measure].notna().all():
+                row[measure], row[f"{measure}_lo"], row[f"{measure}_hi"] = mean_interval(group[measure])
+        summary.append(row)
+    measure = "gold_reward" if runs["gold_reward"].notna().all() else "proxy_reward"
+    differences = []
+    for a, b in itertools.combinations(runs["method"].unique(), 2):
+        xa, xb = (runs.loc[runs["method"] == m, measure].to_numpy(dtype=float) for m in (a, b))
+        diff = float(xa.mean() - xb.mean())
+        half = t_quantile(min(len(xa), len(xb)) - 1) * math.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb))
+        differences.append({"a": a, "b": b, "measure": measure, "difference": diff, "lo": diff - half,
+                            "hi": diff + half, "real": bool(diff - half > 0 or diff + half < 0)})
+    return {"profile": profile.name, "seeds": seeds, "settings": settings(profile),
+            "runs": runs.to_dict(orient="records"), "summary": summary, "differences": differences}
+
+
+def settings(profile) -> dict:
+    """The profile fields every method's stages depend on: a study is shown only for the settings it was made with."""
+    fields = sorted({f for fields in METHOD_FIELDS.values() for f in fields} - {"method_seed"})
+    return {f: getattr(profile, f) for f in fields}
+
+
+def save_study(study: dict, profile) -> None:
+    """``runs/<profile>/study.json``, the tables as ``study_summary.csv`` / ``study_differences.csv``, and a frontier
+    with error bars over seeds in ``figures/study_frontier.png``."""
+    folder = profile.runs_path
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study.json").write_text(json.dumps(study, indent=1, default=str))
+    pd.DataFrame(study["summary"]).to_csv(folder / "study_summary.csv", index=False)
+    pd.DataFrame(study["differences"]).to_csv(folder / "study_differences.csv", index=False)
+    ax = plot_study(pd.DataFrame(study["summary"]).set_index("method"))
+    save_figure(ax.figure, profile, "study_frontier")
+
+
+def load_study(profile) -> dict | None:
+    """The study in ``runs/<profile>/study.json`` if it was made with this profile's settings, else None."""
+    path = profile.runs_path / "study.json"
+    if not path.exists():
+        return None
+    study = json.loads(path.read_text())
+    same = json.dumps(study.get("settings"), sort_keys=True, default=str) == \
+        json.dumps(settings(profile), sort_keys=True, default=str)
+    return study if same else None
+
+
+def describe(study: dict) -> str:
+    """The study's differences in words: which are larger than their intervals, which are not."""
+    lines = []
+    for d in study["differences"]:
+        verdict = "real" if d["real"] else "not distinguishable"
+        lines.append(f"{d['a']} - {d['b']}: {d['measure']} {d['difference']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] "
+                     f"over {study['seeds']} seeds: {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per method (at least 2)")
+    parser.add_argument("--profile", default=None, help="profile name (default: $RRHF_LITE_PROFILE or tiny)")
+    args = parser.parse_args(argv)
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2: one seed has no spread")
+    profile = get_profile(args.profile)
+    study = run_study(profile, args.seeds)
+    save_study(study, profile)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(pd.DataFrame(study["summary"]).set_index("method").round(3))
+    print(describe(study))
+    print(f"written: {profile.runs_path / 'study.json'}, study_summary.csv, study_differences.csv, "
+          f"figures/study_frontier.png")
+
+
+if __name__ == "__main__":
+    main()

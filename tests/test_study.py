@@ -1,0 +1,46 @@
+"""The multi-seed study: every method trained with several seeds on the same SFT and reward model (rehearsal profile,
+2 seeds, a few steps each), summarised with intervals over seeds."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rrhf_lite import study
+from rrhf_lite.profiles import get_profile
+
+
+def test_t_intervals_have_known_answers():
+    assert study.mean_interval([1.0, 3.0]) == pytest.approx((2.0, 2.0 - 12.706, 2.0 + 12.706))  # sd sqrt(2), n 2
+    assert study.mean_interval([5.0, 5.0, 5.0]) == pytest.approx((5.0, 5.0, 5.0))
+    assert study.t_quantile(30) == pytest.approx(2.042, abs=0.01)
+    with pytest.raises(ValueError, match="2 seeds"):
+        study.t_quantile(0)
+
+
+def test_differences_are_real_only_when_their_interval_excludes_zero():
+    runs = pd.DataFrame({"method": ["A"] * 3 + ["B"] * 3 + ["C"] * 3, "seed": [0, 1, 2] * 3,
+                         "gold_reward": [1.0, 1.1, 0.9, 3.0, 3.1, 2.9, 1.0, 3.0, -1.0],
+                         "proxy_reward": 0.0, "kl": 0.5, "win_rate_vs_sft": 0.5})
+    result = study.summarise(runs, get_profile("tiny"), seeds=3)
+    verdict = {(d["a"], d["b"]): d["real"] for d in result["differences"]}
+    assert verdict == {("A", "B"): True, ("A", "C"): False, ("B", "C"): False}
+    assert "A - B: gold_reward -2.00" in study.describe(result)
+
+
+def test_study_on_the_rehearsal_profile(tmp_path):
+    profile = get_profile("rehearsal", runs_dir=str(tmp_path))
+    result = study.run_study(profile, seeds=2, progress=False)
+    runs = pd.DataFrame(result["runs"])
+    assert len(runs) == 2 * len(study.METHODS) and set(runs["seed"]) == {0, 1}
+    # another training seed trains another model: the measured KL differs between seeds for every method
+    assert (runs.groupby("method")["kl"].nunique() == 2).all()
+    summary = pd.DataFrame(result["summary"]).set_index("method")
+    assert (summary["kl_lo"] <= summary["kl"]).all() and (summary["kl"] <= summary["kl_hi"]).all()
+    assert np.isfinite(summary[["gold_reward_lo", "gold_reward_hi"]].to_numpy()).all()
+    study.save_study(result, profile)
+    assert study.load_study(profile)["seeds"] == 2
+    assert (profile.runs_path / "figures" / "study_frontier.png").exists()
+    assert study.load_study(get_profile("rehearsal", runs_dir=str(tmp_path), dpo_beta=0.5)) is None  # other settings
+    assert json.loads((profile.runs_path / "study.json").read_text())["profile"] == "rehearsal"
