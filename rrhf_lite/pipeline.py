@@ -74,7 +74,7 @@ METHOD_FIELDS = {
                                                         "ppo_value_init"),
 }
 METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_FIELDS.items()}
-DPO_DATA = ("pairs", "filtered", "labels")
+DPO_DATA = ("pairs", "filtered", "random", "labels")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -308,14 +308,17 @@ def evaluate_adapter(profile, adapter_dir: Path) -> dict:
 
 def dpo_pairs(profile, data: str = "pairs"):
     """DPO's training pairs: ``"pairs"`` (best vs worst of the scored candidates of stage 03), ``"filtered"``
-    (the same, perplexity-filtered to the SFT model) or ``"labels"`` (labellers' pairs like those the reward model
-    was trained on; ``sample_prompts`` of them)."""
+    (the same, perplexity-filtered to the SFT model), ``"random"`` (a random subset of ``"pairs"`` as large as
+    ``"filtered"``: the control that separates the filter's choice from its smaller size) or ``"labels"``
+    (labellers' pairs like those the reward model was trained on; ``sample_prompts`` of them)."""
     if data == "pairs":
         return load_samples(profile, "pairs")
-    if data == "filtered":
+    if data in ("filtered", "random"):
         from .candidates import perplexity_filter
 
-        return perplexity_filter(load_samples(profile, "pairs"), quantile=profile.ppl_quantile).dataset
+        pairs = load_samples(profile, "pairs")
+        filtered = perplexity_filter(pairs, quantile=profile.ppl_quantile).dataset
+        return filtered if data == "filtered" else pairs.shuffle(seed=profile.seed).select(range(len(filtered)))
     if data == "labels":  # as many as the candidate pairs, so that the two data sets cost the same to train on
         return preference_data(profile, "train", profile.sample_prompts)
     raise ValueError(f"DPO data must be one of {DPO_DATA}, got {data!r}")

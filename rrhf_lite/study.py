@@ -4,7 +4,8 @@ One run of each method (lesson 08's table) mixes two kinds of noise: *evaluation
 was sampled; the table's bootstrap intervals) and *training* noise (another seed gives other adapters, another batch
 order, other PPO rollouts). A single seed cannot show the second. The study trains RRHF, PRO, DPO and PPO with
 ``seeds`` training seeds each (``profile.method_seed``; SFT, the reward model, the candidates and the evaluation prompts
-stay the same), and reports per method the mean over seeds with a 95% t-interval, and for every pair of methods the
+stay the same), and DPO also on the perplexity-filtered pairs and on a random subset of the same size (the filter
+isolated). It reports per method the mean over seeds with a 95% t-interval, and for every pair of methods the
 difference of their mean gold reward with its interval: a difference counts only when its interval excludes 0.
 
 Run it with ``make study`` (``python -m rrhf_lite.study --seeds 3``); it writes ``runs/<profile>/study.json`` (and the
@@ -28,7 +29,10 @@ from .plots import plot_study, save_figure
 from .profiles import get_profile
 
 # (row name, method, DPO data) of the methods compared
-METHODS = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
+METHODS = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"),
+           # perplexity filtering isolated (Kutalev and Markoff 2024): the same pairs filtered, and a random subset of
+           # the filtered set's size
+           ("DPO, filtered", "dpo", "filtered"), ("DPO, random subset", "dpo", "random"))
 MEASURES = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
 # Two-sided 95% critical values of Student's t with df = 1 .. 10 degrees of freedom (1.96 is the limit).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
