@@ -47,11 +47,16 @@ def stages(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def pytest_collection_modifyitems(items):
-    """Run the real track's rehearsal (and the install test) after the tiny profile's tests and notebooks.
+    """Order the suite for two workers that take one test at a time (``--maxschedchunk 1`` in the Makefile).
 
-    The tiny profile's stages are the suite's long pole (``test_compare`` builds nearly all of them); with the quick
-    rehearsal tests last, both workers spend the first minutes building tiny stages side by side instead of one
-    worker building them alone.
+    The tiny profile's stages are the long pole: ``test_compare``'s table test builds the chain base -> SFT -> reward
+    model -> samples and the stages only it and lesson 08 need, so it goes first, on one worker. The real track's
+    rehearsal (and the install and study tests) need none of those stages, so they come next: the other worker runs
+    them while the chain is built, instead of waiting for it. Everything else keeps its order.
     """
-    late = ("test_rehearsal", "test_install", "test_study")
-    items.sort(key=lambda item: any(name in item.nodeid for name in late))  # a stable sort keeps the order otherwise
+    def rank(item) -> int:
+        if item.nodeid.endswith("test_results_table_on_the_tiny_profile"):
+            return 0
+        return 1 if any(name in item.nodeid for name in ("test_rehearsal", "test_install", "test_study")) else 2
+
+    items.sort(key=rank)  # a stable sort keeps the order within each rank

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rrhf_lite import compare
+from rrhf_lite import compare, pipeline
 from rrhf_lite.best_of_n import best_of_n_expectation
 from rrhf_lite.online import label_pairs, ranks_like_gold
 from rrhf_lite.profiles import get_profile
@@ -115,13 +115,26 @@ def test_weak_kl_profile_changes_only_ppo_s_kl_penalty_length_and_learning_rate(
 def test_results_table_on_the_tiny_profile(tmp_path):
     """The real table, from the shared stage cache: every method present, sane numbers, saved and read back."""
     profile = get_profile("tiny")
+    # The stages that only this table and lesson 08 need, first: meanwhile the other pytest worker builds the methods
+    # that tests/test_pipeline.py asks for (RRHF, PRO, DPO, PPO), so the two workers build different stages.
+    pipeline.online_stage(profile)
+    pipeline.method_stage(compare.weak_kl_profile(profile), "ppo")
     table = compare.results_table(profile)
     expected = {"SFT", "RRHF", "PRO", "DPO", "PPO", "PPO, weak KL", "RRHF, online round",
                 *(f"best-of-{n}" for n in profile.bon_table_n)}
     assert set(table.index) == expected and list(table.columns) == list(compare.COLUMNS)
     assert table.loc["SFT", "kl"] == 0.0 and table.loc["SFT", "win_rate_vs_sft"] == 0.5
     assert (table["kl"] >= 0).all(), table["kl"]
-    assert table.notna().all().all() and np.isfinite(table.to_numpy(dtype=float)).all()
+    measured = table[[c for c in table.columns if not c.endswith(("_lo", "_hi"))]]
+    assert measured.notna().all().all() and np.isfinite(measured.to_numpy(dtype=float)).all()
+    # every measured column has its interval around it, except best-of-n's KL, which is a bound, not a measurement
+    for column in compare.MEASURED:
+        lo, hi = table[f"{column}_lo"], table[f"{column}_hi"]
+        if column == "kl":
+            lo, hi, mid = lo[trained_rows(table)], hi[trained_rows(table)], table.loc[trained_rows(table), column]
+        else:
+            mid = table[column]
+        assert (lo <= mid + 1e-9).all() and (mid <= hi + 1e-9).all(), column
     assert table["win_rate_vs_sft"].between(0, 1).all()
     trained = table.drop(index=["SFT", *(f"best-of-{n}" for n in profile.bon_table_n)])
     assert (trained["train_seconds"] > 0).all() and (trained["trainable_parameters"] > 0).all()
@@ -131,6 +144,10 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     csv, js = compare.save_results(table, profile.__class__(runs_dir=str(tmp_path)))
     assert pd.read_csv(csv, index_col="method").shape == table.shape
     assert [row["method"] for row in json.loads(js.read_text())["rows"]] == list(table.index)
+
+
+def trained_rows(table) -> list[str]:
+    return [name for name in table.index if not name.startswith("best-of-")]
 
 
 def test_intervals_and_their_display():
