@@ -101,7 +101,7 @@ def sft_row(profile) -> dict:
     """The baseline: SFT measured on the held-out prompts; its KL to itself is 0 and it ties with itself."""
     baseline = _read(samples_stage(profile), "sft_eval.json")
     return _row("SFT", baseline["report"], _read(sft_stage(profile), "cost.json"),
-                win_rate=0.5 if baseline["gold"] else np.nan, training_samples=0,
+                win_rate=0.5 if "gold_reward" in baseline["per_reply"] else np.nan, training_samples=0,
                 bounds=intervals(baseline.get("per_reply"), profile.eval_prompts))
 
 
@@ -115,7 +115,8 @@ def best_of_n_scores(profile) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def baseline_gold_per_prompt(profile) -> torch.Tensor:
     """``[prompts, eval_samples_per_prompt]`` gold scores of the SFT baseline's replies, per held-out prompt."""
-    gold = torch.tensor(_read(samples_stage(profile), "sft_eval.json")["gold"], dtype=torch.float64)
+    gold = torch.tensor(_read(samples_stage(profile), "sft_eval.json")["per_reply"]["gold_reward"],
+                        dtype=torch.float64)
     return gold.reshape(profile.eval_samples_per_prompt, -1).T
 
 

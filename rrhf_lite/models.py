@@ -51,14 +51,20 @@ HH_CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on ``texts``; any string round-trips through it exactly."""
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
+    """A byte-level BPE (GPT-2's, Llama 3's and Qwen's kind: any string round-trips) trained on ``texts``."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``; any string round-trips through it exactly."""
+    tok = train_byte_level_bpe(texts, vocab_size, [PAD, BOS, EOS])
     # Like Llama's tokenizer: every encoded text starts with <|bos|>. The <|eos|> is added by whoever builds
     # training examples, because a prompt alone must not end with it.
     tok.post_processor = processors.TemplateProcessing(

@@ -270,8 +270,8 @@ def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> 
                                                is_reference=True)
     if gold_fn is not None:
         per_reply["win_rate_vs_sft"] = [0.5] * len(replies)  # a tie with itself, reply by reply
-    (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "per_reply": per_reply,
-                                                   "gold": per_reply.get("gold_reward")}, indent=1))
+    (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "per_reply": per_reply},
+                                                  indent=1))
 
 
 def samples_stage(profile, force: bool = False) -> Path:
@@ -302,7 +302,8 @@ def evaluate_adapter(profile, adapter_dir: Path) -> dict:
     model, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
     report, replies, per_reply = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
                                                proxy_scorer(profile, sft, reward_stage(profile)),
-                                               gold_scorer(profile), baseline_gold=baseline["gold"])
+                                               gold_scorer(profile),
+                                               baseline_gold=baseline["per_reply"].get("gold_reward"))
     return {"report": report, "replies": replies, "per_reply": per_reply}
 
 

@@ -30,7 +30,6 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -39,6 +38,7 @@ from transformers import (
     Qwen3ForSequenceClassification,
 )
 
+from .models import train_byte_level_bpe
 from .stages import build_or_load
 from .world import TinyWorld, expert_response
 
@@ -79,17 +79,6 @@ def hh_dialogues(world: TinyWorld, n: int, split: str) -> list[dict[str, str]]:
     return rows
 
 
-def byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> Tokenizer:
-    """A byte-level BPE (GPT-2's and Qwen's kind: any string round-trips) trained on ``texts``."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok
-
-
 def _rows_with_room(n_tokens: int, multiple: int = 64) -> int:
     """Embedding rows for ``n_tokens``: rounded up past them to a multiple of 64, with at least one spare row."""
     return math.ceil((n_tokens + 1) / multiple) * multiple
@@ -97,7 +86,7 @@ def _rows_with_room(n_tokens: int, multiple: int = 64) -> int:
 
 def build_base_model(texts: list[str], profile, out: Path) -> None:
     """The ``qwen2`` stand-in: tokenizer (eos ``<|endoftext|>``, no bos, no pad) and a random-weight Qwen2."""
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level_bpe(texts, profile.tokenizer_vocab_size,
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=train_byte_level_bpe(texts, profile.tokenizer_vocab_size,
                                                                         [ENDOFTEXT]),
                                         eos_token=ENDOFTEXT, clean_up_tokenization_spaces=False,
                                         model_max_length=32_768)
@@ -115,7 +104,7 @@ def build_base_model(texts: list[str], profile, out: Path) -> None:
 def build_judge(texts: list[str], profile, out: Path) -> None:
     """The ``reward-model`` stand-in: a random-weight Qwen3 reward model with a ChatML tokenizer of its own."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=byte_level_bpe(texts, profile.tokenizer_vocab_size, [ENDOFTEXT, IM_START, IM_END]),
+        tokenizer_object=train_byte_level_bpe(texts, profile.tokenizer_vocab_size, [ENDOFTEXT, IM_START, IM_END]),
         eos_token=IM_END, pad_token=ENDOFTEXT, chat_template=CHATML_TEMPLATE, clean_up_tokenization_spaces=False,
         model_max_length=32_768)
     head_dim = profile.hidden_size // profile.n_head
