@@ -29,7 +29,9 @@ from .pipeline import (
     policy_samples,
     samples_stage,
     sft_stage,
+    trajectory_stage,
 )
+from .profiles import weak_kl_profile  # noqa: F401  (lesson 08 and the tests ask for it here)
 
 # The table's columns, each measured in the run.
 COLUMNS = {
@@ -50,15 +52,6 @@ for _column in MEASURED:
     COLUMNS[f"{_column}_hi"] = f"{_column}: upper end of its 95% bootstrap interval over held-out prompts"
 # (row name, method, data) of the trained methods, in the order of the lessons.
 TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
-
-
-def weak_kl_profile(profile):
-    """The same PPO with a weak, fixed KL penalty and its own length and learning rate: the run that over-optimises
-    the proxy."""
-    import dataclasses
-
-    return dataclasses.replace(profile, ppo_kl_coef=profile.overopt_kl_coef, ppo_adaptive_kl=False,
-                               ppo_iterations=profile.overopt_iterations, ppo_lr=profile.overopt_lr)
 
 
 def _read(folder: Path, name: str) -> dict:
@@ -206,6 +199,30 @@ def training_trajectory(folder: Path, smooth: int = 5) -> pd.DataFrame:
     for c in columns:
         history[f"{c}_smooth"] = history[c].rolling(smooth, min_periods=1, center=True).mean()
     return history
+
+
+def held_out_trajectory(profile) -> pd.DataFrame:
+    """The weak-KL PPO run measured on held-out prompts at its snapshots (:func:`~rrhf_lite.pipeline.trajectory_stage`,
+    built on first use): one row per snapshot (iteration 0 is the SFT model), the measured columns and their 95%
+    bootstrap intervals over held-out prompts."""
+    points = _read(trajectory_stage(profile), "trajectory.json")["points"]
+    rows = [{"iteration": p["iteration"], **{c: p["report"].get(c, np.nan) for c in MEASURED},
+             **intervals(p["per_reply"], profile.eval_prompts)} for p in points]
+    return pd.DataFrame(rows).set_index("iteration")
+
+
+def sqrt_kl_fit(kl, reward) -> dict:
+    """Least-squares line ``reward = intercept + slope * sqrt(KL)`` (Bai et al. 2022), its R^2 and the number of
+    points (NaN where fewer than 3 distinct KLs leave nothing to test)."""
+    x, y = np.sqrt(np.clip(np.asarray(kl, dtype=float), 0, None)), np.asarray(reward, dtype=float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite], y[finite]
+    if len(np.unique(x)) < 3:  # a line through fewer than 3 distinct points fits anything
+        return {"slope": np.nan, "intercept": np.nan, "R2": np.nan, "points": len(x)}
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (intercept + slope * x)
+    return {"slope": float(slope), "intercept": float(intercept),
+            "R2": float(1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()), "points": len(x)}
 
 
 GAO_FORMS = {"rl": "g0 + d (alpha - beta ln d)", "bon": "g0 + d (alpha - beta d)"}

@@ -11,6 +11,7 @@ the profile fields it depends on, so changing one of them builds a new entry ins
             (datasets, ``load_from_disk``) and <stage>/best_of_n (many SFT samples per held-out prompt)
     rrhf, pro, dpo-<data>, ppo   one method each, trained from SFT (see :func:`method_stage`)
     online  one round of online data collection (Bai et al. 2022), see :func:`online_stage`
+    ppo-trajectory  the weak-KL PPO run measured on held-out prompts at its snapshots, see :func:`trajectory_stage`
 
     judge   real profiles only: the normalisation of the gold judge (``profile.judge_model``) on SFT samples
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from .measure import CostMeter
 from .pretrain import train_base_model
+from .profiles import weak_kl_profile
 from .sources import (  # noqa: F401  (re-exported: the notebooks import them from here)
     candidate_prompts,
     comparison_prompts,
@@ -71,7 +73,7 @@ METHOD_FIELDS = {
                                                         "ppo_value_clip_range", "ppo_vf_coef", "ppo_gamma", "ppo_lam",
                                                         "ppo_kl_coef", "ppo_kl_estimator", "ppo_adaptive_kl",
                                                         "ppo_kl_target", "ppo_kl_horizon", "ppo_no_eos_penalty",
-                                                        "ppo_value_init"),
+                                                        "ppo_value_init", "ppo_snapshot_every"),
 }
 METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_FIELDS.items()}
 DPO_DATA = ("pairs", "filtered", "random", "labels")
@@ -474,3 +476,31 @@ def online_stage(profile, force: bool = False) -> Path:
 
     return _build_with_checkpoints("online", profile, ONLINE_FIELDS, [sft, reward, samples, first], train_fn, force,
                                    evaluate_fn)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PPO's way up the reward-KL plane, measured on held-out prompts (Bai et al. 2022; Gao et al. 2022)
+# ------------------------------------------------------------------------------------------------------------
+def trajectory_stage(profile, force: bool = False) -> Path:
+    """The weak-KL PPO run (:func:`~rrhf_lite.profiles.weak_kl_profile`: a small fixed KL coefficient) measured like
+    every method, on the held-out prompts, at each snapshot of its adapter.
+
+    A rollout's own numbers (``history.json``) are 64 training prompts, one reply each, from a policy that is
+    changing; a snapshot's are ``eval_prompts`` held-out prompts with fresh samples, and keep the per-reply values
+    for intervals. ``trajectory.json`` holds one point per snapshot (``iteration``, ``report``, ``per_reply``), the
+    SFT model first as iteration 0 (KL exactly 0). Lesson 07 fits reward against sqrt(KL) on these points and lesson
+    08 Gao et al.'s form for the gold reward; ``make study`` builds the stage.
+    """
+    weak = weak_kl_profile(profile)
+    run, samples = method_stage(weak, "ppo"), samples_stage(profile)
+
+    def build(out: Path) -> None:
+        baseline = json.loads((samples / "sft_eval.json").read_text())
+        points = [{"iteration": 0, "report": baseline["report"], "per_reply": baseline["per_reply"]}]
+        for snapshot in sorted((run / "snapshots").iterdir()):
+            evaluation = evaluate_adapter(profile, snapshot / "adapter")
+            points.append({"iteration": int(snapshot.name), "report": evaluation["report"],
+                           "per_reply": evaluation["per_reply"]})
+        (out / "trajectory.json").write_text(json.dumps({"points": points}, indent=1))
+
+    return build_or_load("ppo-trajectory", weak, METHOD_FIELDS["ppo"], build, depends_on=[run, samples], force=force)

@@ -176,3 +176,27 @@ def plot_study(summary, ax=None):
     ax.set_title("mean over training seeds, 95% intervals")
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_sqrt_kl_trajectory(points, column: str, line: dict, curve: dict | None = None, ax=None):
+    """Snapshots of a run on the plane (sqrt(KL), ``column``) with their 95% intervals on both axes, each labelled
+    with its iteration; the least-squares ``line`` in sqrt(KL) (``slope``, ``intercept``, ``R2``) dashed, and a fitted
+    ``curve`` (``curve_kl``, ``curve_gold``: Gao et al.'s form) dotted. ``points`` is indexed by iteration, with
+    ``kl``, ``column`` and their ``_lo`` / ``_hi`` columns (:func:`rrhf_lite.compare.held_out_trajectory`)."""
+    ax = _axes(ax)
+    x = np.sqrt(points["kl"].to_numpy(dtype=float))
+    y = points[column].to_numpy(dtype=float)
+    lo, hi = (points[[f"kl{end}", f"{column}{end}"]].to_numpy(dtype=float) for end in ("_lo", "_hi"))
+    xerr = np.clip([x - np.sqrt(np.clip(lo[:, 0], 0, None)), np.sqrt(hi[:, 0]) - x], 0, None)
+    ax.errorbar(x, y, fmt="o", capsize=2, label="snapshot, 95% intervals", xerr=xerr,
+                yerr=np.clip([y - lo[:, 1], hi[:, 1] - y], 0, None))
+    for iteration, xi, yi in zip(points.index, x, y):
+        ax.annotate(str(iteration), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    grid = np.linspace(0, x.max(), 60)
+    ax.plot(grid, line["intercept"] + line["slope"] * grid, "k--", label=f"line in sqrt(KL): R² = {line['R2']:.2f}")
+    if curve is not None:
+        ax.plot(np.sqrt(curve["curve_kl"]), curve["curve_gold"], "k:", label="Gao et al., RL form")
+    ax.set_xlabel("sqrt(KL to SFT) on held-out prompts (sqrt nats)")
+    ax.set_ylabel(column.replace("_", " "))
+    ax.legend(fontsize=8)
+    return ax

@@ -59,6 +59,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,6 +476,10 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
     ``out_dir/history.json``. With ``checkpoint_dir``, state is saved every ``checkpoint_every`` iterations and a
     call with the same folder resumes there, ending with the same numbers as an uninterrupted run.
 
+    With ``profile.ppo_snapshot_every = k > 0`` the policy's adapter is also kept after every k-th iteration, in
+    ``out_dir/snapshots/<iteration>/adapter``, so that the run can be measured on held-out prompts along the way
+    (:func:`rrhf_lite.pipeline.trajectory_stage`). Snapshots change nothing in the training.
+
     ``prompts`` are the rollouts' prompts (default: :func:`rrhf_lite.sources.rollout_prompts` of ``profile``).
     ``gold_fn(prompts, replies) -> list[float]`` (the gold judge, if the profile has one) is only recorded, in the
     history's ``gold_reward``: PPO never trains on it.
@@ -496,6 +501,8 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
         start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller)
         print(f"PPO: resuming after iteration {start} ({checkpoint_dir})")
 
+    # snapshots live beside the checkpoints until the run ends, so that a resumed run still has the earlier ones
+    snapshots = (checkpoint_dir or out_dir) / "snapshots"
     bar = tqdm(range(start, iterations), desc="PPO", disable=not progress, initial=start, total=iterations)
     for iteration in bar:
         lr = profile.ppo_lr * (1 - iteration / iterations)  # linear decay to 0 over the run
@@ -516,10 +523,14 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
         history.append(row)
         bar.set_postfix(proxy=f"{row['proxy_reward']:.2f}", kl=f"{row['kl']:.2f}")
         done = iteration + 1
+        if profile.ppo_snapshot_every and done % profile.ppo_snapshot_every == 0:
+            model.policy.save_pretrained(snapshots / f"{done:04d}" / "adapter")
         if checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done < iterations:
             save_checkpoint(checkpoint_dir, model, optimizer, controller, done, history)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if profile.ppo_snapshot_every and snapshots != out_dir / "snapshots":
+        shutil.copytree(snapshots, out_dir / "snapshots", dirs_exist_ok=True)
     model.policy.save_pretrained(out_dir / "adapter")
     tokenizer.save_pretrained(out_dir / "adapter")
     torch.save(model.value_head.state_dict(), out_dir / "value_head.pt")

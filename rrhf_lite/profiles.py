@@ -156,11 +156,13 @@ class Profile:
     ppo_kl_horizon: int = 2_000  # controller horizon in replies: how fast beta reacts
     ppo_no_eos_penalty: float = -1.0  # score given instead of the reward model's to replies that never end
     ppo_value_init: str = "reward"  # value head initialised from the reward model's head ("reward") or at zero ("zero")
+    ppo_snapshot_every: int = 0  # keep the policy's adapter every this many iterations (0: only the final one)
 
     # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
     overopt_kl_coef: float = 0.02  # fixed beta of the weak-KL PPO run that over-optimises the reward model
     overopt_iterations: int = 40  # PPO iterations of that run: long enough for gold to peak while proxy climbs
     overopt_lr: float = 1e-4  # its learning rate: slow enough to see the gold rise before it falls
+    overopt_snapshot_every: int = 5  # its adapter is kept every this many iterations, measured on held-out prompts
     online_method: str = "rrhf"  # the aligned policy that samples the online round's comparisons, trained again
     online_samples_per_prompt: int = 2  # replies it samples per training prompt: one fresh labelled pair each
     bon_table_n: tuple[int, ...] = (4, 16)  # best-of-n rows of the results table (n <= bon_n)
@@ -280,6 +282,7 @@ class RehearsalProfile(ColabT4Profile):
     ppo_epochs: int = 1  # passes over each rollout
     ppo_minibatch_size: int = 4  # replies per gradient step
     overopt_iterations: int = 2  # iterations of the weak-KL PPO run
+    overopt_snapshot_every: int = 1  # snapshot every iteration of it
 
 
 # The fields in which ``rehearsal`` may differ from ``colab-t4``: where the stand-ins come from, what a CPU forces,
@@ -289,10 +292,19 @@ REHEARSAL_CHANGES = frozenset({
     "sft_steps", "sft_warmup_steps", "rm_pairs", "rm_eval_pairs", "rm_steps", "rm_batch_size", "rm_warmup_steps",
     "rm_eval_every", "sample_prompts", "eval_prompts", "max_new_tokens", "ranking_steps",
     "ranking_batch_size", "ranking_warmup_steps", "dpo_steps", "dpo_batch_size", "dpo_warmup_steps",
-    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "overopt_iterations"})
+    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "overopt_iterations",
+    "overopt_snapshot_every"})
 
 PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile,
                                       "rehearsal": RehearsalProfile}
+
+
+def weak_kl_profile(profile: Profile) -> Profile:
+    """The same PPO with a weak, fixed KL penalty and its own length and learning rate (the ``overopt_`` fields): the
+    run that over-optimises the proxy (lesson 08), its adapter kept every ``overopt_snapshot_every`` iterations."""
+    return dataclasses.replace(profile, ppo_kl_coef=profile.overopt_kl_coef, ppo_adaptive_kl=False,
+                               ppo_iterations=profile.overopt_iterations, ppo_lr=profile.overopt_lr,
+                               ppo_snapshot_every=profile.overopt_snapshot_every)
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

@@ -4,13 +4,19 @@ One run of each method (lesson 08's table) mixes two kinds of noise: *evaluation
 was sampled; the table's bootstrap intervals) and *training* noise (another seed gives other adapters, another batch
 order, other PPO rollouts). A single seed cannot show the second. The study trains RRHF, PRO, DPO and PPO with
 ``seeds`` training seeds each (``profile.method_seed``; SFT, the reward model, the candidates and the evaluation prompts
-stay the same), and DPO also on the perplexity-filtered pairs and on a random subset of the same size (the filter
-isolated). It reports per method the mean over seeds with a 95% t-interval, and for every pair of methods the
-difference of their mean gold reward with its interval: a difference counts only when its interval excludes 0.
+stay the same), DPO also on the perplexity-filtered pairs and on a random subset of the same size (the filter
+isolated), and PRO also with rankings of 2, 3 and 4 candidates. It reports per method the mean over seeds with a
+95% t-interval, and for every pair of methods the difference of their mean gold reward with its interval: a
+difference counts only when its interval excludes 0.
+
+It also measures the weak-KL PPO run of lesson 08 (a small fixed KL coefficient) on held-out prompts at snapshots
+along its training (:func:`rrhf_lite.pipeline.trajectory_stage`): the points on which lesson 07 fits reward
+against sqrt(KL) (Bai et al. 2022) and Gao et al.'s over-optimisation form.
 
 Run it with ``make study`` (``python -m rrhf_lite.study --seeds 3``); it writes ``runs/<profile>/study.json`` (and the
-tables as CSV, and a frontier with error bars in ``figures/``). Lesson 08 shows it when it is there and was made with
-the lesson's settings. Each (method, seed) is an ordinary stage, so an interrupted study resumes where it stopped.
+tables as CSV, and a frontier with error bars in ``figures/``). Lessons 05, 07 and 08 show it when it is there and
+was made with the lesson's settings. Each (method, seed) is an ordinary stage, so an interrupted study resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -24,15 +30,22 @@ import math
 import numpy as np
 import pandas as pd
 
+from .compare import gold_curve, gold_fit, held_out_trajectory, sqrt_kl_fit
 from .pipeline import METHOD_FIELDS, method_stage
 from .plots import plot_study, save_figure
 from .profiles import get_profile
 
-# (row name, method, DPO data) of the methods compared
-METHODS = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"),
+# (row name, method, DPO data, profile fields changed) of the methods compared
+METHODS = (("RRHF", "rrhf", "pairs", {}), ("PRO", "pro", "pairs", {}), ("DPO", "dpo", "pairs", {}),
+           ("PPO", "ppo", "pairs", {}),
            # perplexity filtering isolated (Kutalev and Markoff 2024): the same pairs filtered, and a random subset of
            # the filtered set's size
-           ("DPO, filtered", "dpo", "filtered"), ("DPO, random subset", "dpo", "random"))
+           ("DPO, filtered", "dpo", "filtered", {}), ("DPO, random subset", "dpo", "random", {}),
+           # PRO's ranking length (Song et al. 2023 report gains as rankings grow): best and worst, then best, worst
+           # and the candidates spread between; "PRO" above keeps all samples_per_prompt + base + expert candidates
+           *((f"PRO, length {n}", "pro", "pairs", {"pro_ranking_length": n}) for n in (2, 3, 4)))
+# what the weak-KL PPO run depends on besides the methods' fields (its held-out trajectory is in the study)
+TRAJECTORY_FIELDS = ("overopt_kl_coef", "overopt_iterations", "overopt_lr", "overopt_snapshot_every")
 MEASURES = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
 # Two-sided 95% critical values of Student's t with df = 1 .. 10 degrees of freedom (1.96 is the limit).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -57,13 +70,31 @@ def run_study(profile, seeds: int = 3, progress: bool = True) -> dict:
     """Train (or load) every method with training seeds ``0 .. seeds - 1`` and summarise. Returns the study's record
     (what :func:`save_study` writes)."""
     runs = []
-    for seed, (name, method, data) in itertools.product(range(seeds), METHODS):
+    for seed, (name, method, data, changes) in itertools.product(range(seeds), METHODS):
         if progress:
             print(f"study: {name}, training seed {seed}", flush=True)
-        folder = method_stage(dataclasses.replace(profile, method_seed=seed), method, data)
+        folder = method_stage(dataclasses.replace(profile, method_seed=seed, **changes), method, data)
         report = json.loads((folder / "eval.json").read_text())["report"]
         runs.append({"method": name, "seed": seed, **{m: report.get(m, np.nan) for m in MEASURES}})
-    return summarise(pd.DataFrame(runs), profile, seeds)
+    if progress:
+        print("study: the weak-KL PPO run on held-out prompts at its snapshots", flush=True)
+    return {**summarise(pd.DataFrame(runs), profile, seeds), **trajectory(profile)}
+
+
+def trajectory(profile) -> dict:
+    """The weak-KL PPO run (training seed ``profile.seed``) measured on held-out prompts at its snapshots
+    (:func:`rrhf_lite.compare.held_out_trajectory`), with reward against sqrt(KL) fitted by a line for the proxy
+    and the gold reward (Bai et al. 2022) and Gao et al.'s (2022) RL form for the gold reward."""
+    points = held_out_trajectory(profile)
+    fits = {column: sqrt_kl_fit(points["kl"], points[column]) for column in ("proxy_reward", "gold_reward")
+            if points[column].notna().all()}
+    out = {"trajectory": points.reset_index().to_dict(orient="records"), "trajectory_sqrt_kl_fits": fits}
+    if "gold_reward" in fits:
+        fit = gold_fit(points["kl"], points["gold_reward"])
+        grid = np.linspace(0, float(points["kl"].max()), 100)
+        out["trajectory_gold_fit"] = {**{k: float(v) if k != "form" else v for k, v in fit.items()},
+                                      "curve_kl": grid.tolist(), "curve_gold": gold_curve(fit, grid).tolist()}
+    return out
 
 
 def summarise(runs: pd.DataFrame, profile, seeds: int) -> dict:
@@ -90,7 +121,7 @@ def summarise(runs: pd.DataFrame, profile, seeds: int) -> dict:
 
 def settings(profile) -> dict:
     """The profile fields every method's stages depend on: a study is shown only for the settings it was made with."""
-    fields = sorted({f for fields in METHOD_FIELDS.values() for f in fields} - {"method_seed"})
+    fields = sorted({f for fields in METHOD_FIELDS.values() for f in fields} - {"method_seed"} | set(TRAJECTORY_FIELDS))
     return {f: getattr(profile, f) for f in fields}
 
 

@@ -104,11 +104,11 @@ def test_ranks_like_gold_is_1_for_the_judge_itself_and_0_for_its_opposite_and_sk
     assert ranks_like_gold(anti, gold, *args) == {"agreement": 0.0, "pairs": 2}
 
 
-def test_weak_kl_profile_changes_only_ppo_s_kl_penalty_length_and_learning_rate():
+def test_weak_kl_profile_changes_only_ppo_s_kl_penalty_length_learning_rate_and_snapshots():
     profile = get_profile("tiny")
     weak = compare.weak_kl_profile(profile)
     changed = {k for k, v in weak.to_dict().items() if v != getattr(profile, k)}
-    assert changed <= {"ppo_kl_coef", "ppo_adaptive_kl", "ppo_iterations", "ppo_lr"}
+    assert changed <= {"ppo_kl_coef", "ppo_adaptive_kl", "ppo_iterations", "ppo_lr", "ppo_snapshot_every"}
     assert weak.ppo_kl_coef == profile.overopt_kl_coef and not weak.ppo_adaptive_kl
 
 

@@ -55,7 +55,8 @@ def test_best_of_n_gold_reward_rises_with_n(profile):
     assert abs(gold[0] - sft_gold(profile)) < 0.5  # n = 1 is plain sampling from the SFT model
 
 
-@pytest.mark.parametrize("method", ["rrhf", "pro", "dpo", "ppo"])
+# RRHF last: the table test (tests/test_compare.py, on the other worker) trains it first, for its online round
+@pytest.mark.parametrize("method", ["pro", "dpo", "ppo", "rrhf"])
 def test_method_raises_mean_gold_reward_over_sft(profile, method):
     stage = pipeline.method_stage(profile, method)
     report = json.loads((stage / "eval.json").read_text())["report"]

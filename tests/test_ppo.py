@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from conftest import RUN, SMALL, STATS  # tests/conftest.py; the `stages` fixture lives there too
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rrhf_lite import ppo
@@ -227,7 +228,7 @@ def test_two_iterations_end_to_end(stages, tmp_path):
 
 
 def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch):
-    profile = get_profile("tiny", **RUN)
+    profile = get_profile("tiny", **RUN, ppo_snapshot_every=1)
     uninterrupted = train_ppo(profile, *stages, tmp_path / "a", progress=False)
 
     real_save = ppo.save_checkpoint
@@ -245,3 +246,12 @@ def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch)
     resumed = train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1,
                         progress=False)
     assert resumed == uninterrupted
+    # a snapshot after every iteration, the one from before the kill kept across the resume; the last is the final
+    # adapter, and each matches the uninterrupted run's
+    weights = lambda folder: load_file(folder / "adapter" / "adapter_model.safetensors")  # noqa: E731
+    assert sorted(p.name for p in (tmp_path / "b" / "snapshots").iterdir()) == ["0001", "0002"]
+    for name in ("0001", "0002"):
+        a, b = weights(tmp_path / "a" / "snapshots" / name), weights(tmp_path / "b" / "snapshots" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    final, last = weights(tmp_path / "b"), weights(tmp_path / "b" / "snapshots" / "0002")
+    assert all(torch.equal(final[k], last[k]) for k in final)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rrhf_lite import study
+from rrhf_lite.plots import plot_sqrt_kl_trajectory
 from rrhf_lite.profiles import get_profile
 
 
@@ -39,8 +40,19 @@ def test_study_on_the_rehearsal_profile(tmp_path):
     summary = pd.DataFrame(result["summary"]).set_index("method")
     assert (summary["kl_lo"] <= summary["kl"]).all() and (summary["kl"] <= summary["kl_hi"]).all()
     assert np.isfinite(summary[["gold_reward_lo", "gold_reward_hi"]].to_numpy()).all()
+    # PRO's ranking lengths are methods of their own
+    assert {"PRO, length 2", "PRO, length 3", "PRO, length 4"} <= set(summary.index)
+    # the weak-KL PPO run on held-out prompts: the SFT model at KL 0, then every snapshot (one per iteration here)
+    points = pd.DataFrame(result["trajectory"]).set_index("iteration")
+    assert list(points.index) == list(range(profile.overopt_iterations + 1)) and points.loc[0, "kl"] == 0
+    assert (points["kl_lo"] <= points["kl"] + 1e-9).all() and (points["kl"] <= points["kl_hi"] + 1e-9).all()
+    lines = result["trajectory_sqrt_kl_fits"]
+    assert set(lines) == {"proxy_reward", "gold_reward"} and lines["gold_reward"]["points"] == len(points)
+    ax = plot_sqrt_kl_trajectory(points, "gold_reward", lines["gold_reward"], result["trajectory_gold_fit"])
+    assert len(ax.get_lines()) >= 2  # the line and Gao et al.'s curve
     study.save_study(result, profile)
     assert study.load_study(profile)["seeds"] == 2
     assert (profile.runs_path / "figures" / "study_frontier.png").exists()
     assert study.load_study(get_profile("rehearsal", runs_dir=str(tmp_path), dpo_beta=0.5)) is None  # other settings
+    assert study.load_study(get_profile("rehearsal", runs_dir=str(tmp_path), overopt_kl_coef=0.5)) is None
     assert json.loads((profile.runs_path / "study.json").read_text())["profile"] == "rehearsal"
