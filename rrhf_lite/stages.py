@@ -153,6 +153,9 @@ def _locked(final: Path, stage: str) -> Iterator[None]:
         lock.release()
 
 
+_ANNOUNCED: set[Path] = set()  # stages this process has already said it loaded or built
+
+
 def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Callable[[Path], object], *,
                   depends_on: Sequence[Path | str] = (), force: bool = False) -> Path:
     """The folder of a complete ``stage``, built first with ``build(folder)`` unless it is already cached.
@@ -176,7 +179,9 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
                   f"half-deleted?); removing it and building it again")
             _remove(final)
         if is_complete(final) and not force:
-            print(f"loaded stage '{stage}' from {final}")
+            if final not in _ANNOUNCED:  # one line per stage and process, however often a lesson asks for it
+                print(f"loaded stage '{stage}' from {final}")
+                _ANNOUNCED.add(final)
             return final
 
         print(f"building stage '{stage}' -> {final} ...", flush=True)
@@ -202,4 +207,5 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         print(f"built in {time.perf_counter() - start:.1f} s")
+        _ANNOUNCED.add(final)
         return final
