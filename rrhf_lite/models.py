@@ -18,6 +18,8 @@ For training, :func:`load_for_training` is the one loader for every profile: the
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
@@ -171,6 +174,25 @@ def lora_config(profile, task_type: str) -> LoraConfig:
                       target_modules=list(profile.lora_target_modules), task_type=task_type)
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence, for the block, what the libraries say on every load that a lesson expects: transformers' progress bar
+    over the weights and its load report (a reward model's fresh head is reported missing: :func:`load_model`
+    checks the missing keys itself), and peft's FutureWarning from calling a renamed transformers property."""
+    report = hf_logging.get_logger("transformers.modeling_utils")
+    level, bars = report.level, hf_logging.is_progress_bar_enabled()
+    report.setLevel(hf_logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        report.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(path: str | Path, profile, *, head: str = "lm"):
     """Load ``path`` frozen, as every stage of a profile sees it, without adapters. Returns ``(model, tokenizer)``.
 
@@ -193,16 +215,22 @@ def load_model(path: str | Path, profile, *, head: str = "lm"):
     quantization = quantization_config(profile)
     placement = {"device_map": {"": default_device().index or 0}} if quantization and torch.cuda.is_available() else {}
     torch.manual_seed(profile.seed)  # a fresh reward head is initialised at random: same seed, same head
-    model = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization, **placement, **extra)
+    with quiet_loading():
+        model, info = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization, **placement,
+                                          output_loading_info=True, **extra)
+    missing = [k for k in info["missing_keys"] if not (head == "reward" and k.startswith("score."))]
+    if missing:  # only a reward model's fresh head may be missing from a checkpoint
+        raise ValueError(f"{path}: weights missing from the checkpoint: {missing[:5]}")
     if not quantization:
         model.to(default_device())
     _fit_embeddings(model, tokenizer)
-    if profile.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing)
-        if model.device.type == "cpu":
-            disable_cpu_4bit_repacking(model)
-    elif profile.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    with quiet_loading():
+        if profile.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing)
+            if model.device.type == "cpu":
+                disable_cpu_4bit_repacking(model)
+        elif profile.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
     return model, tokenizer
 
 
@@ -220,10 +248,11 @@ def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: s
     ``B = 0``: the model before training computes exactly what :func:`load_model` gives.
     """
     model, tokenizer = load_model(path, profile, head=head)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    else:
-        model = get_peft_model(model, lora_config(profile, "CAUSAL_LM" if head == "lm" else "SEQ_CLS"))
+    with quiet_loading():
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        else:
+            model = get_peft_model(model, lora_config(profile, "CAUSAL_LM" if head == "lm" else "SEQ_CLS"))
     return model, tokenizer
 
 

@@ -1,10 +1,14 @@
 """Tokenizer and tiny model: round trips, special tokens, chat template, save/load through the Auto classes."""
 
+import shutil
+
 import pytest
 import torch
+from conftest import SMALL  # tests/conftest.py; the `saved_model` fixture lives there too
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rrhf_lite.models import build_tiny_model, build_tokenizer, load_pretrained
+from rrhf_lite.models import build_tiny_model, build_tokenizer, load_model, load_pretrained
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.world import TinyWorld, format_prompt
 
@@ -70,3 +74,18 @@ def test_tokenizer_without_pad_token_is_refused(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no pad token"):
         load_pretrained(tmp_path)
+
+
+def test_a_fresh_reward_head_loads_quietly_and_other_missing_weights_are_refused(saved_model, tmp_path, capfd):
+    profile = get_profile("tiny", **SMALL)
+    capfd.readouterr()
+    load_model(saved_model, profile, head="reward")  # a causal-LM checkpoint: the score head is new by design
+    said = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in said and "Loading weights" not in said
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_model, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights.pop(next(k for k in weights if "mlp" in k))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="weights missing from the checkpoint"):
+        load_model(broken, profile)
