@@ -76,20 +76,38 @@ METHOD_FIELDS = {
                                                         "ppo_value_init", "ppo_snapshot_every"),
 }
 METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_FIELDS.items()}
+# The modules whose source (with every package module they import) enters each stage's key, so that an edit to the
+# code that builds a stage rebuilds it (rrhf_lite/provenance.py). "sources" brings in the data: the tiny world, HH-RLHF
+# loading, the prompts. This file's own glue is not hashed: it imports everything, and would rebuild everything.
+SCORING_CODE = ("evaluate", "reward", "judge", "sources")  # how a policy is measured: samples, proxy, gold judge
+STAGE_CODE = {
+    "base": ("pretrain", "sources"),
+    "sft": ("sft", "sources"),
+    "reward": ("reward", "sampling", "sources"),
+    "judge": ("judge", "reward", "sampling", "sources"),
+    "samples": ("sampling", "candidates", "measure", *SCORING_CODE),
+    "rrhf": ("ranking", *SCORING_CODE),
+    "pro": ("ranking", *SCORING_CODE),
+    "dpo": ("dpo", "candidates", *SCORING_CODE),
+    "ppo": ("ppo", *SCORING_CODE),
+    "online": ("online", "ranking", "candidates", "sampling", *SCORING_CODE),
+    "ppo-trajectory": SCORING_CODE,
+}
 DPO_DATA = ("pairs", "filtered", "random", "labels")
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------------------
-def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force, evaluate_fn=None):
+def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force, evaluate_fn=None, code=()):
     """``build_or_load`` for a training stage whose checkpoints live in a stable folder until it completes.
 
     Training is measured (:class:`~rrhf_lite.measure.CostMeter`) into ``<stage>/cost.json``: wall seconds, peak
     memory and the trainable parameters that ``history.json`` reports. ``evaluate_fn(out)``, if given, runs after
     training, outside the measurement.
     """
-    ckpt = checkpoint_dir(stage, profile, fields, depends_on)
+    code = code or STAGE_CODE[stage]
+    ckpt = checkpoint_dir(stage, profile, fields, depends_on, code)
 
     def build(out: Path) -> None:
         with CostMeter() as cost:
@@ -101,7 +119,7 @@ def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force,
             evaluate_fn(out)
         shutil.rmtree(ckpt, ignore_errors=True)
 
-    return build_or_load(stage, profile, fields, build, depends_on=depends_on, force=force)
+    return build_or_load(stage, profile, fields, build, depends_on=depends_on, code=code, force=force)
 
 
 def base_model_path(profile, force: bool = False) -> str | Path:
@@ -109,7 +127,8 @@ def base_model_path(profile, force: bool = False) -> str | Path:
     ``rehearsal``, built if missing), or the cached tiny model (trained if missing)."""
     if profile.base_model is not None:
         return resolve(profile.base_model, profile)
-    return build_or_load("base", profile, BASE_FIELDS, lambda out: train_base_model(profile, out), force=force)
+    return build_or_load("base", profile, BASE_FIELDS, lambda out: train_base_model(profile, out),
+                         code=STAGE_CODE["base"], force=force)
 
 
 def sft_stage(profile, force: bool = False) -> Path:
@@ -203,7 +222,8 @@ def judge_stage(profile, force: bool = False) -> Path:
         stats = normalisation(judge_scores(model, tokenizer, prompts, samples, profile.max_length))
         (out / "normalisation.json").write_text(json.dumps(stats))
 
-    return build_or_load("judge", profile, JUDGE_FIELDS, build, depends_on=[sft, judge], force=force)
+    return build_or_load("judge", profile, JUDGE_FIELDS, build, depends_on=[sft, judge], code=STAGE_CODE["judge"],
+                         force=force)
 
 
 def gold_scorer(profile):
@@ -281,7 +301,8 @@ def samples_stage(profile, force: bool = False) -> Path:
     base, sft, reward = base_model_path(profile), sft_stage(profile), reward_stage(profile)
     return build_or_load("samples", profile, SAMPLES_FIELDS,
                          lambda out: build_samples(profile, base, sft, reward, out),
-                         depends_on=[base, sft, reward, *gold_upstream(profile)], force=force)
+                         depends_on=[base, sft, reward, *gold_upstream(profile)], code=STAGE_CODE["samples"],
+                         force=force)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -384,7 +405,7 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
 
     name = f"dpo-{data}" if method == "dpo" else method
     return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force,
-                                   evaluate_fn)
+                                   evaluate_fn, code=STAGE_CODE[method])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -503,4 +524,5 @@ def trajectory_stage(profile, force: bool = False) -> Path:
                            "per_reply": evaluation["per_reply"]})
         (out / "trajectory.json").write_text(json.dumps({"points": points}, indent=1))
 
-    return build_or_load("ppo-trajectory", weak, METHOD_FIELDS["ppo"], build, depends_on=[run, samples], force=force)
+    return build_or_load("ppo-trajectory", weak, METHOD_FIELDS["ppo"], build, depends_on=[run, samples],
+                         code=STAGE_CODE["ppo-trajectory"], force=force)

@@ -9,9 +9,10 @@ stages it needs if they are cached and builds them otherwise. On disk::
     runs/<profile>/<stage>/<key>.lock        locked while the stage is checked or built
     runs/<profile>/<stage>/.<key>.tmp-*      a build in progress (or left behind by one that crashed)
 
-``key`` is a short hash of the profile fields the stage depends on and of the upstream stage folders it was built
-from (each of which ends in its own key). Change a listed hyperparameter, or anything upstream, and the stage gets
-a new key, so a stale result is never reused; change a field the stage does not list, and the cache is reused.
+``key`` is a short hash of the profile fields the stage depends on, of the upstream stage folders it was built
+from (each of which ends in its own key) and of the source code that builds it (:mod:`rrhf_lite.provenance`).
+Change a listed hyperparameter, the code, or anything upstream, and the stage gets a new key, so a stale result is
+never reused; change a field the stage does not list, and the cache is reused.
 
 Guarantees:
 
@@ -50,6 +51,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .profiles import Profile
+from .provenance import code_hash, module_closure
 
 STAGE_FILE = "stage.json"
 RECORDED_LIBRARIES = ("torch", "transformers", "peft")
@@ -65,10 +67,16 @@ def _upstream_id(upstream: Path | str) -> str:
     return upstream
 
 
-def stage_path(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = ()) -> Path:
-    """Where ``stage`` lives for this profile, ``runs/<profile>/<stage>/<key>``, whether it is built or not."""
-    blob = json.dumps([profile.fingerprint(list(fields)), [_upstream_id(p) for p in depends_on]])
-    return profile.runs_path / stage / hashlib.sha256(blob.encode()).hexdigest()[:10]
+def stage_path(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = (),
+               code: Sequence[str] = ()) -> Path:
+    """Where ``stage`` lives for this profile, ``runs/<profile>/<stage>/<key>``, whether it is built or not.
+
+    ``code`` names the package modules that build the stage (e.g. ``("ranking", "evaluate")``): their source, and that
+    of every module they import, enters the key (:func:`rrhf_lite.provenance.code_hash`)."""
+    key = [profile.fingerprint(list(fields)), [_upstream_id(p) for p in depends_on]]
+    if code:
+        key.append(code_hash(code))
+    return profile.runs_path / stage / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
 
 
 def _manifest(folder: Path) -> dict[str, int]:
@@ -109,9 +117,10 @@ def stage_info(path: Path) -> dict:
     return json.loads((Path(path) / STAGE_FILE).read_text())
 
 
-def checkpoint_dir(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = ()) -> Path:
+def checkpoint_dir(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = (),
+                   code: Sequence[str] = ()) -> Path:
     """A stable folder for a stage's training checkpoints, so a build killed mid-way resumes where it stopped."""
-    path = stage_path(stage, profile, fields, depends_on)
+    path = stage_path(stage, profile, fields, depends_on, code)
     return path.parent / f"{path.name}.checkpoint"
 
 
@@ -157,7 +166,7 @@ _ANNOUNCED: set[Path] = set()  # stages this process has already said it loaded 
 
 
 def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Callable[[Path], object], *,
-                  depends_on: Sequence[Path | str] = (), force: bool = False) -> Path:
+                  depends_on: Sequence[Path | str] = (), code: Sequence[str] = (), force: bool = False) -> Path:
     """The folder of a complete ``stage``, built first with ``build(folder)`` unless it is already cached.
 
     Args:
@@ -166,9 +175,10 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
         build: writes the stage's files into the (empty, temporary) folder it is given; its return value is ignored.
             If it raises, the temporary folder is deleted and the exception propagates.
         depends_on: folders of the upstream stages (or hub ids): a new upstream gives a new key.
+        code: the package modules that build the stage: an edit to them, or to a module they import, gives a new key.
         force: rebuild even if the stage is complete; the old folder is replaced only once the new one is built.
     """
-    final = stage_path(stage, profile, fields, depends_on)
+    final = stage_path(stage, profile, fields, depends_on, code)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final, stage):
         for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
@@ -192,6 +202,7 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
             build(tmp)
             info = {"stage": stage, "profile": profile.name, "fields": {f: getattr(profile, f) for f in fields},
                     "depends_on": [str(p) for p in depends_on],
+                    "code": {"modules": module_closure(code), "hash": code_hash(code)} if code else None,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "build_seconds": round(time.perf_counter() - start, 2), "versions": _versions(),
                     "files": _manifest(tmp)}

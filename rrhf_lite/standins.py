@@ -135,7 +135,7 @@ def build_stand_ins(profile, out: Path) -> None:
 def stand_ins_stage(profile, force: bool = False) -> Path:
     """The folder holding every stand-in, built on first use and cached like any stage."""
     return build_or_load("stand-ins", profile, STANDIN_FIELDS, lambda out: build_stand_ins(profile, out),
-                         depends_on=[f"rows={TRAIN_ROWS}/{TEST_ROWS}"], force=force)
+                         depends_on=[f"rows={TRAIN_ROWS}/{TEST_ROWS}"], code=("standins",), force=force)
 
 
 def resolve(source: str | None, profile) -> str | Path | None:
