@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -75,7 +74,7 @@ from .logprobs import (
     sampled_batch,
     sequence_logprobs,
 )
-from .loop import CHECKPOINT_FILE
+from .loop import load_checkpoint, read_checkpoint, save_checkpoint
 from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
 from .models import count_parameters, load_for_training
 from .reward import load_reward_model, normalised_scorer
@@ -302,9 +301,15 @@ class FixedKLController:
     def update(self, kl: float, n_steps: int) -> None:
         pass
 
+    def state_dict(self) -> dict:  # checkpointed like a learning-rate scheduler (rrhf_lite.loop.save_checkpoint)
+        return {"beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta = state["beta"]
+
 
 @dataclass
-class AdaptiveKLController:
+class AdaptiveKLController(FixedKLController):
     """Steer beta so that the KL per reply approaches ``target`` (Ziegler et al. 2019, sec. 2.2)::
 
         error = clip(KL / target - 1, -0.2, 0.2)
@@ -315,7 +320,6 @@ class AdaptiveKLController:
     cannot swing it.
     """
 
-    beta: float
     target: float
     horizon: int
 
@@ -435,38 +439,6 @@ def training_prompts(profile, tokenizer, n: int, prompts: list[str] | None = Non
     return list(itertools.islice(itertools.cycle(fitting), n))
 
 
-def save_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller, iteration: int,
-                    history: list[dict]) -> None:
-    """Everything needed to resume after ``iteration`` iterations, written atomically to ``path/checkpoint.pt``.
-
-    Refuses (nothing written) if a trainable weight is not finite, so a bad state never replaces a good checkpoint.
-    """
-    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    bad = [n for n, t in trainable.items() if not torch.isfinite(t).all()]
-    if bad:
-        raise FloatingPointError(f"PPO: weights {bad[:3]} are not finite after iteration {iteration}; the checkpoint "
-                                 f"in {path} was not overwritten")
-    path.mkdir(parents=True, exist_ok=True)
-    state = {"iteration": iteration, "history": history, "beta": controller.beta, "trainable": trainable,
-             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-    tmp = path / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT_FILE)
-
-
-def load_checkpoint(path: Path, model: PolicyAndValue, optimizer, controller) -> tuple[int, list[dict]]:
-    """Restore what :func:`save_checkpoint` wrote; returns ``(iteration, history)``."""
-    state = torch.load(path / CHECKPOINT_FILE, weights_only=False)
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(state["trainable"]) != expected:
-        raise ValueError(f"checkpoint {path} does not match the model's trainable parameters")
-    model.load_state_dict(state["trainable"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    controller.beta = state["beta"]
-    torch.set_rng_state(state["torch_rng"])
-    return state["iteration"], state["history"]
-
-
 def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | None = None, gold_fn=None,
               checkpoint_dir=None, checkpoint_every: int = 5, progress: bool = True) -> list[dict]:
     """Train fresh LoRA adapters and a value head on the SFT model with PPO against the reward model of stage 02.
@@ -497,8 +469,9 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
 
     start, history = 0, []
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    if checkpoint_dir and (checkpoint_dir / CHECKPOINT_FILE).exists():
-        start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller)
+    state = read_checkpoint(checkpoint_dir) if checkpoint_dir else None  # an unreadable file is moved aside
+    if state is not None:  # the shared loop's checkpoints: trainable weights, optimiser, beta, every RNG state
+        start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller, state)
         print(f"PPO: resuming after iteration {start} ({checkpoint_dir})")
 
     # snapshots live beside the checkpoints until the run ends, so that a resumed run still has the earlier ones

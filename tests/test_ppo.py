@@ -227,6 +227,17 @@ def test_two_iterations_end_to_end(stages, tmp_path):
     assert saved["history"] == history and 0 < saved["trainable_parameters"] < saved["parameters"]
 
 
+def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_starts_over(stages, tmp_path):
+    profile = get_profile("tiny", **RUN)
+    uninterrupted = train_ppo(profile, *stages, tmp_path / "a", progress=False)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / CHECKPOINT_FILE).write_bytes(b"cut short by a sync")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert again == uninterrupted
+    assert [p.name.split("-")[0] for p in (tmp_path / "ckpt").iterdir()] == [f"{CHECKPOINT_FILE}.unreadable"]
+
+
 def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch):
     profile = get_profile("tiny", **RUN, ppo_snapshot_every=1)
     uninterrupted = train_ppo(profile, *stages, tmp_path / "a", progress=False)
