@@ -32,6 +32,7 @@ from .pipeline import (
     trajectory_stage,
 )
 from .profiles import weak_kl_profile  # noqa: F401  (lesson 08 and the tests ask for it here)
+from .stages import read_output
 
 # The table's columns, each measured in the run.
 COLUMNS = {
@@ -52,10 +53,6 @@ for _column in MEASURED:
     COLUMNS[f"{_column}_hi"] = f"{_column}: upper end of its 95% bootstrap interval over held-out prompts"
 # (row name, method, data) of the trained methods, in the order of the lessons.
 TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
-
-
-def _read(folder: Path, name: str) -> dict:
-    return json.loads((folder / name).read_text())
 
 
 def intervals(per_reply: dict | None, prompts: int) -> dict[str, float]:
@@ -84,16 +81,16 @@ def _row(name: str, report: dict, cost: dict, *, win_rate: float | None = None, 
 def trained_row(name: str, folder: Path, profile, method: str, data: str = "pairs") -> dict:
     """One trained policy's row: its ``eval.json`` report (with per-reply values for the intervals) and
     ``cost.json``."""
-    evaluation = _read(folder, "eval.json")
-    return _row(name, evaluation["report"], _read(folder, "cost.json"),
+    evaluation = read_output(folder, "eval")
+    return _row(name, evaluation["report"], read_output(folder, "cost"),
                 training_samples=policy_samples(profile, method, data),
                 bounds=intervals(evaluation.get("per_reply"), profile.eval_prompts))
 
 
 def sft_row(profile) -> dict:
     """The baseline: SFT measured on the held-out prompts; its KL to itself is 0 and it ties with itself."""
-    baseline = _read(samples_stage(profile), "sft_eval.json")
-    return _row("SFT", baseline["report"], _read(sft_stage(profile), "cost.json"),
+    baseline = read_output(samples_stage(profile), "sft_eval")
+    return _row("SFT", baseline["report"], read_output(sft_stage(profile), "cost"),
                 win_rate=0.5 if "gold_reward" in baseline["per_reply"] else np.nan, training_samples=0,
                 bounds=intervals(baseline.get("per_reply"), profile.eval_prompts))
 
@@ -108,7 +105,7 @@ def best_of_n_scores(profile) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def baseline_gold_per_prompt(profile) -> torch.Tensor:
     """``[prompts, eval_samples_per_prompt]`` gold scores of the SFT baseline's replies, per held-out prompt."""
-    gold = torch.tensor(_read(samples_stage(profile), "sft_eval.json")["per_reply"]["gold_reward"],
+    gold = torch.tensor(read_output(samples_stage(profile), "sft_eval")["per_reply"]["gold_reward"],
                         dtype=torch.float64)
     return gold.reshape(profile.eval_samples_per_prompt, -1).T
 
@@ -116,7 +113,7 @@ def baseline_gold_per_prompt(profile) -> torch.Tensor:
 def best_of_n_rows(profile) -> list[dict]:
     """Best-of-n rows, exact expectations over all ``C(bon_n, n)`` subsets of the SFT samples."""
     proxy, gold = best_of_n_scores(profile)
-    cost = _read(samples_stage(profile), "best_of_n_cost.json")
+    cost = read_output(samples_stage(profile), "best_of_n_cost")
     if gold is not None:
         # per SFT baseline reply of each prompt: does each sample beat it? (ties count half)
         base = baseline_gold_per_prompt(profile)
@@ -194,7 +191,7 @@ def best_of_n_draws(profile, ns: list[int] | None = None) -> pd.DataFrame:
 def training_trajectory(folder: Path, smooth: int = 5) -> pd.DataFrame:
     """A PPO run's rollouts: iteration, KL, proxy and gold reward, and their moving averages over ``smooth``
     iterations (each rollout has only ``ppo_rollout_prompts`` replies, so single points are noisy)."""
-    history = pd.DataFrame(_read(folder, "history.json")["history"])
+    history = pd.DataFrame(read_output(folder, "history")["history"])
     columns = [c for c in ("kl", "proxy_reward", "gold_reward") if c in history and history[c].notna().any()]
     for c in columns:
         history[f"{c}_smooth"] = history[c].rolling(smooth, min_periods=1, center=True).mean()
@@ -205,7 +202,7 @@ def held_out_trajectory(profile) -> pd.DataFrame:
     """The weak-KL PPO run measured on held-out prompts at its snapshots (:func:`~rrhf_lite.pipeline.trajectory_stage`,
     built on first use): one row per snapshot (iteration 0 is the SFT model), the measured columns and their 95%
     bootstrap intervals over held-out prompts."""
-    points = _read(trajectory_stage(profile), "trajectory.json")["points"]
+    points = read_output(trajectory_stage(profile), "trajectory")["points"]
     rows = [{"iteration": p["iteration"], **{c: p["report"].get(c, np.nan) for c in MEASURED},
              **intervals(p["per_reply"], profile.eval_prompts)} for p in points]
     return pd.DataFrame(rows).set_index("iteration")

@@ -41,7 +41,7 @@ from .sources import (  # noqa: F401  (re-exported: the notebooks import them fr
     rollout_prompts,
     sft_data,
 )
-from .stages import build_or_load, checkpoint_dir
+from .stages import build_or_load, checkpoint_dir, read_output
 from .standins import resolve
 
 WORLD_FIELDS = ("seed", "dataset", "world_harmful_fraction", "world_label_temperature", "world_test_fraction")
@@ -112,7 +112,7 @@ def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force,
     def build(out: Path) -> None:
         with CostMeter() as cost:
             train_fn(out, ckpt)
-        summary = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else {}
+        summary = read_output(out, "history") if (out / "history.json").exists() else {}
         (out / "cost.json").write_text(json.dumps(
             {**cost.as_dict(), "trainable_parameters": summary.get("trainable_parameters")}, indent=1))
         if evaluate_fn is not None:
@@ -197,7 +197,7 @@ def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
     from .reward import load_reward_model, normalised_scorer
 
     model, tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
-    stats = json.loads((reward_dir / "normalisation.json").read_text())
+    stats = read_output(reward_dir, "normalisation")
     scorer = normalised_scorer(model, tokenizer, stats, profile.max_length)
     return lambda prompts, replies: scorer(prompts, replies).tolist()
 
@@ -237,7 +237,7 @@ def gold_scorer(profile):
         return gold_rewards
     if profile.judge_model is None:
         return None
-    stats = json.loads((judge_stage(profile) / "normalisation.json").read_text())
+    stats = read_output(judge_stage(profile), "normalisation")
     model, tokenizer = load_judge(resolve(profile.judge_model, profile), profile.compute_dtype)
 
     def score(prompts: list[str], replies: list[str]) -> list[float]:
@@ -321,7 +321,7 @@ def evaluate_adapter(profile, adapter_dir: Path) -> dict:
     from .models import load_for_training
 
     sft, samples = sft_stage(profile), samples_stage(profile)
-    baseline = json.loads((samples / "sft_eval.json").read_text())
+    baseline = read_output(samples, "sft_eval")
     model, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
     report, replies, per_reply = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
                                                proxy_scorer(profile, sft, reward_stage(profile)),
@@ -485,12 +485,12 @@ def online_stage(profile, force: bool = False) -> Path:
         # Both reward models on the aligned policies' held-out replies against the SFT model's, prompt by prompt:
         # the comparison a reward model must get right to steer a policy away from SFT.
         measured = evaluation_prompts(profile)
-        sft_replies = json.loads((samples / "sft_eval.json").read_text())["replies"]
+        sft_replies = read_output(samples, "sft_eval")["replies"]
         scorers = {"before": proxy_scorer(profile, sft, reward), "after": proxy_scorer(profile, sft, out / "reward")}
         fresh = datasets.load_from_disk(out / "pairs")
         report = {"fresh_pairs": len(fresh), "fresh_label_agreement": label_agreement(fresh)}
         for name, folder in (("round 1", first), ("round 2", out)):
-            replies = json.loads((folder / "eval.json").read_text())["replies"]
+            replies = read_output(folder, "eval")["replies"]
             report[name] = {rm: ranks_like_gold(score, gold_fn, measured, replies, sft_replies)
                             for rm, score in scorers.items()}
         (out / "online.json").write_text(json.dumps(report, indent=1))
@@ -516,7 +516,7 @@ def trajectory_stage(profile, force: bool = False) -> Path:
     run, samples = method_stage(weak, "ppo"), samples_stage(profile)
 
     def build(out: Path) -> None:
-        baseline = json.loads((samples / "sft_eval.json").read_text())
+        baseline = read_output(samples, "sft_eval")
         points = [{"iteration": 0, "report": baseline["report"], "per_reply": baseline["per_reply"]}]
         for snapshot in sorted((run / "snapshots").iterdir()):
             evaluation = evaluate_adapter(profile, snapshot / "adapter")

@@ -80,6 +80,7 @@ from .models import count_parameters, load_for_training
 from .reward import load_reward_model, normalised_scorer
 from .sampling import generate_tokens
 from .sources import rollout_prompts
+from .stages import read_output
 
 # --------------------------------------------------------------------------------------------------------------------
 # The models: policy + value head on one trunk, the reference by disabling the adapters, the reward model apart.
@@ -170,7 +171,7 @@ def load_models(profile, sft_dir: Path, reward_dir: Path):
     use_plain_sampling(policy)
     model = PolicyAndValue(policy)
     reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
-    stats = json.loads((reward_dir / "normalisation.json").read_text())
+    stats = read_output(reward_dir, "normalisation")
     init_value_head(model.value_head, profile.ppo_value_init, reward_model, stats)
     return model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, stats, profile.max_length)
 

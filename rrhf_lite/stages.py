@@ -117,6 +117,17 @@ def stage_info(path: Path) -> dict:
     return json.loads((Path(path) / STAGE_FILE).read_text())
 
 
+def read_output(folder: Path | str, name: str) -> dict:
+    """What a stage wrote in ``<folder>/<name>.json``: ``"eval"`` (a method's held-out report, replies and per-reply
+    values), ``"history"`` (training curves), ``"cost"`` (wall time, memory, parameters), ``"normalisation"``,
+    ``"sft_eval"`` (the SFT baseline, in the samples stage), ``"online"``, ``"trajectory"``; one reader for all."""
+    path = Path(folder) / f"{name}.json"
+    if not path.exists():
+        written = sorted(p.stem for p in Path(folder).glob("*.json") if p.name != STAGE_FILE)
+        raise FileNotFoundError(f"{folder} has no {name}.json; this stage wrote {written}")
+    return json.loads(path.read_text())
+
+
 def checkpoint_dir(stage: str, profile: Profile, fields: Sequence[str], depends_on: Sequence[Path | str] = (),
                    code: Sequence[str] = ()) -> Path:
     """A stable folder for a stage's training checkpoints, so a build killed mid-way resumes where it stopped."""

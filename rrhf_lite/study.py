@@ -34,6 +34,7 @@ from .compare import gold_curve, gold_fit, held_out_trajectory, sqrt_kl_fit
 from .pipeline import METHOD_FIELDS, method_stage
 from .plots import plot_study, save_figure
 from .profiles import get_profile
+from .stages import read_output
 
 # (row name, method, DPO data, profile fields changed) of the methods compared
 METHODS = (("RRHF", "rrhf", "pairs", {}), ("PRO", "pro", "pairs", {}), ("DPO", "dpo", "pairs", {}),
@@ -74,7 +75,7 @@ def run_study(profile, seeds: int = 3, progress: bool = True) -> dict:
         if progress:
             print(f"study: {name}, training seed {seed}", flush=True)
         folder = method_stage(dataclasses.replace(profile, method_seed=seed, **changes), method, data)
-        report = json.loads((folder / "eval.json").read_text())["report"]
+        report = read_output(folder, "eval")["report"]
         runs.append({"method": name, "seed": seed, **{m: report.get(m, np.nan) for m in MEASURES}})
     if progress:
         print("study: the weak-KL PPO run on held-out prompts at its snapshots", flush=True)

@@ -212,3 +212,11 @@ def test_killed_build_is_not_loaded_and_does_not_block(tmp_path):
     lock.release()
     rebuilt = build_or_load("base", tiny(tmp_path), FIELDS, write_weights)
     assert rebuilt == path and is_complete(path) and not leftover.exists() and contents(path.parent) == [path.name]
+
+
+def test_one_reader_for_what_a_stage_wrote(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({"report": {"kl": 0.5}}))
+    (tmp_path / STAGE_FILE).write_text("{}")
+    assert stages.read_output(tmp_path, "eval") == {"report": {"kl": 0.5}}
+    with pytest.raises(FileNotFoundError, match=r"no history\.json; this stage wrote \['eval'\]"):
+        stages.read_output(tmp_path, "history")
