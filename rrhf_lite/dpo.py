@@ -16,16 +16,15 @@ The loss itself is :func:`rrhf_lite.losses.dpo_loss` (sigmoid DPO or IPO).
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
-from .loop import train
+from .loop import save_run, train
 from .losses import dpo_loss
-from .models import count_parameters, load_for_training
+from .models import load_for_training
 
 
 def tokenize_preferences(tokenizer, pairs, max_length: int) -> list[dict]:
@@ -103,9 +102,5 @@ def train_dpo(profile, init_path, pairs, out_dir: Path, *, beta: float | None = 
                     warmup_steps=profile.dpo_warmup_steps, weight_decay=profile.weight_decay,
                     max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, checkpoint_dir=checkpoint_dir,
                     checkpoint_every=5 * profile.log_every, seed=profile.seed, desc="DPO", progress=progress)
-    model.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
-    summary = {"method": "dpo", "beta": beta, "trainable_parameters": count_parameters(model, trainable_only=True),
-               "parameters": count_parameters(model), "history": history}
-    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    save_run(out_dir, model, tokenizer, history, method="dpo", beta=beta)
     return history

@@ -52,18 +52,20 @@ def tokenize_pair(tokenizer, prompt: str, response: str, max_length: int, add_eo
 
 
 def pad_batch(rows: list[dict], pad_token_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    """Stack tokenised rows into ``input_ids``, ``attention_mask`` and ``response_mask`` tensors."""
+    """Stack tokenised rows into ``input_ids``, ``attention_mask`` and ``response_mask`` tensors (the last only when
+    the rows have one: a reward model's sequences need none)."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     if pad_token_id is None:
         raise ValueError("pad_token_id is None: the tokenizer has no pad token (tokenizer.pad_token); add a distinct "
                          "one, see rrhf_lite.data.validate_tokenizer")
     width = max(len(r["input_ids"]) for r in rows)
-    out = {"input_ids": [], "attention_mask": [], "response_mask": []}
+    masked = all("response_mask" in r for r in rows)
+    out = {"input_ids": [], "attention_mask": [], **({"response_mask": []} if masked else {})}
     for r in rows:
         n = width - len(r["input_ids"])
         columns = (("input_ids", r["input_ids"], pad_token_id), ("attention_mask", [1] * len(r["input_ids"]), 0),
-                   ("response_mask", r["response_mask"], 0))
+                   *((("response_mask", r["response_mask"], 0),) if masked else ()))
         for key, value, fill in columns:
             out[key].append(value + [fill] * n if side == "right" else [fill] * n + value)
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}

@@ -22,6 +22,7 @@ It runs through ``accelerate``: the same code runs on a CPU, a GPU, or data-para
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import pickle
@@ -36,6 +37,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
+
+from .models import count_parameters
 
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 EvalFn = Callable[[torch.nn.Module], dict]
@@ -252,3 +255,17 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
         raise _stop(desc, f"weight {bad[0]!r}", "not finite", steps, checkpoint_dir, saved_step)
     model.eval()
     return history
+
+
+def save_run(out_dir: str | Path, model, tokenizer, history: list[dict], *, folder: str = "adapter",
+             counted: torch.nn.Module | None = None, **extra) -> None:
+    """End a training run the one way every trainer does: the trained weights (a LoRA adapter, or a whole model) and
+    the tokenizer, ``save_pretrained`` into ``out_dir/folder``, and ``out_dir/history.json`` with the curves, the
+    trainable and total parameters of ``counted`` (default: ``model``; PPO counts its value head too) and ``extra``."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir / folder)
+    tokenizer.save_pretrained(out_dir / folder)
+    counted = model if counted is None else counted
+    summary = {**extra, "trainable_parameters": count_parameters(counted, trainable_only=True),
+               "parameters": count_parameters(counted), "history": history}
+    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))

@@ -57,7 +57,6 @@ fraction and approx_kl would measure noise, and the KL penalty would be paid on 
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -74,9 +73,9 @@ from .logprobs import (
     sampled_batch,
     sequence_logprobs,
 )
-from .loop import load_checkpoint, read_checkpoint, save_checkpoint
+from .loop import load_checkpoint, read_checkpoint, save_checkpoint, save_run
 from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
-from .models import count_parameters, load_for_training
+from .models import load_for_training
 from .reward import load_reward_model, normalised_scorer
 from .sampling import generate_tokens
 from .sources import rollout_prompts
@@ -505,10 +504,6 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     if profile.ppo_snapshot_every and snapshots != out_dir / "snapshots":
         shutil.copytree(snapshots, out_dir / "snapshots", dirs_exist_ok=True)
-    model.policy.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
+    save_run(out_dir, model.policy, tokenizer, history, counted=model, method="ppo")
     torch.save(model.value_head.state_dict(), out_dir / "value_head.pt")
-    summary = {"method": "ppo", "trainable_parameters": count_parameters(model, trainable_only=True),
-               "parameters": count_parameters(model), "history": history}
-    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
     return history

@@ -9,14 +9,13 @@ The loss is the usual causal-LM cross-entropy over every token (prompt and reply
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from .loop import train
-from .models import build_tiny_model, build_tokenizer, count_parameters
+from .loop import save_run, train
+from .models import build_tiny_model, build_tokenizer
 from .world import TinyWorld
 
 
@@ -53,9 +52,5 @@ def train_base_model(profile, out_dir: Path, progress: bool = True) -> list[dict
                     warmup_steps=profile.pretrain_warmup_steps, weight_decay=profile.weight_decay,
                     max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
                     desc="pretrain base", progress=progress)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    summary = {"parameters": count_parameters(model), "dialogues": len(texts), "history": history}
-    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    save_run(out_dir, model, tokenizer, history, folder="", dialogues=len(texts))
     return history

@@ -13,16 +13,15 @@ numbers of candidates: missing slots are padding, marked in a ``valid`` mask, an
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_rankings, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
-from .loop import train
+from .loop import save_run, train
 from .losses import pro_loss, rrhf_loss
-from .models import count_parameters, load_for_training
+from .models import load_for_training
 
 METHODS = ("rrhf", "pro")
 
@@ -125,9 +124,5 @@ def train_ranking(profile, method: str, init_path, rankings, out_dir: Path, chec
                     weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
                     log_every=profile.log_every, checkpoint_dir=checkpoint_dir,
                     checkpoint_every=5 * profile.log_every, seed=profile.seed, desc=method.upper(), progress=progress)
-    model.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
-    summary = {"method": method, "trainable_parameters": count_parameters(model, trainable_only=True),
-               "parameters": count_parameters(model), "history": history}
-    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    save_run(out_dir, model, tokenizer, history, method=method)
     return history

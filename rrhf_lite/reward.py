@@ -17,16 +17,15 @@ Three things to know about a reward model before optimising against it:
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import tokenize_pair
-from .loop import train
+from .logprobs import pad_batch, tokenize_pair
+from .loop import save_run, train
 from .losses import reward_loss
-from .models import count_parameters, load_for_training
+from .models import load_for_training
 
 
 def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
@@ -43,14 +42,8 @@ def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
 
 
 def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad token lists into ``input_ids`` and ``attention_mask``."""
-    if pad_token_id is None:
-        raise ValueError("pad_token_id is None: the tokenizer has no pad token (tokenizer.pad_token); add a distinct "
-                         "one, see rrhf_lite.data.validate_tokenizer")
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
-    return {"input_ids": ids, "attention_mask": mask}
+    """Right-pad token lists into ``input_ids`` and ``attention_mask`` (:func:`rrhf_lite.logprobs.pad_batch`)."""
+    return pad_batch([{"input_ids": s} for s in sequences], pad_token_id)
 
 
 def collate_comparisons(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -120,11 +113,7 @@ def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Pat
                     log_every=profile.log_every, eval_fn=held_out_accuracy, eval_every=profile.rm_eval_every,
                     checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every, seed=profile.seed,
                     desc="reward model", progress=progress)
-    model.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
-    summary = {"trainable_parameters": count_parameters(model, trainable_only=True),
-               "parameters": count_parameters(model), "history": history}
-    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    save_run(out_dir, model, tokenizer, history)
     return history
 
 

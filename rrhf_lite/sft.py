@@ -8,16 +8,15 @@ The loss is :func:`rrhf_lite.losses.sft_loss`, the mean negative log-likelihood 
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_demonstrations, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
-from .loop import train
+from .loop import save_run, train
 from .losses import sft_loss
-from .models import count_parameters, load_for_training, merge_adapter
+from .models import load_for_training, merge_adapter
 
 
 def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
@@ -65,10 +64,6 @@ def train_sft(profile, base_path, dataset, out_dir: Path, checkpoint_dir: Path |
                     max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
                     checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every,
                     desc="SFT", progress=progress)
-    model.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
+    save_run(out_dir, model, tokenizer, history)
     merge_adapter(base_path, out_dir / "adapter", out_dir / "model", dtype=profile.compute_dtype)
-    summary = {"trainable_parameters": count_parameters(model, trainable_only=True),
-               "parameters": count_parameters(model), "history": history}
-    (out_dir / "history.json").write_text(json.dumps(summary, indent=1))
     return history

@@ -32,8 +32,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-HUMAN = "\n\nHuman:"
-ASSISTANT = "\n\nAssistant:"
+from .data import ASSISTANT, HUMAN  # noqa: F401  (the HH dialogue markers: one definition, re-exported here)
 
 # --------------------------------------------------------------------------------------------------------
 # The stock of text. Each harmless topic: the task phrase used in prompts, then its helpful steps in order.
