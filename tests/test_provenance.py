@@ -61,3 +61,23 @@ def test_every_stage_names_modules_that_exist_and_its_code_enters_the_key(tmp_pa
     assert len(keys) == len({code_hash(code) for code in pipeline.STAGE_CODE.values()})
     assert stage_path("x", profile, ["seed"], code=("ranking",)) == stage_path("x", profile, ["seed"],
                                                                                  code=("ranking",))
+
+
+def test_the_package_s_import_graph_has_no_cycles_not_even_through_function_local_imports():
+    graph = {p.stem: imported_modules(p.stem) - {"__init__"} for p in PACKAGE_DIR.glob("*.py")}
+    done, path = set(), []
+
+    def visit(module):
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + [module])}"
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    # lower modules never reach up into the pipeline: only the modules above it import it
+    assert {m for m, imports in graph.items() if "pipeline" in imports} <= {"compare", "study"}
