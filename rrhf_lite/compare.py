@@ -26,7 +26,6 @@ from .pipeline import (
     load_samples,
     method_stage,
     online_stage,
-    policy_samples,
     samples_stage,
     sft_stage,
     trajectory_stage,
@@ -64,6 +63,19 @@ def intervals(per_reply: dict | None, prompts: int) -> dict[str, float]:
         lo, hi = bootstrap_interval(values, prompts) if values else (np.nan, np.nan)
         out[f"{column}_lo"], out[f"{column}_hi"] = lo, hi
     return out
+
+
+def policy_samples(profile, method: str, data: str = "pairs") -> int:
+    """How many replies a method's training sampled from a model: its sampling budget.
+
+    RRHF, PRO and DPO on the candidates of stage 03 use the SFT and base samples drawn there (the expert replies
+    are not sampled); DPO on labellers' pairs samples nothing; PPO samples one reply per prompt per rollout.
+    """
+    if method == "ppo":
+        return profile.ppo_iterations * profile.ppo_rollout_prompts
+    if method == "dpo" and data == "labels":
+        return 0
+    return profile.sample_prompts * (profile.samples_per_prompt + profile.base_samples_per_prompt)
 
 
 def _row(name: str, report: dict, cost: dict, *, win_rate: float | None = None, training_samples: int,

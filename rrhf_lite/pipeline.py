@@ -348,19 +348,6 @@ def dpo_pairs(profile, data: str = "pairs"):
     raise ValueError(f"DPO data must be one of {DPO_DATA}, got {data!r}")
 
 
-def policy_samples(profile, method: str, data: str = "pairs") -> int:
-    """How many replies a method's training sampled from a model: its sampling budget.
-
-    RRHF, PRO and DPO on the candidates of stage 03 use the SFT and base samples drawn there (the expert replies
-    are not sampled); DPO on labellers' pairs samples nothing; PPO samples one reply per prompt per rollout.
-    """
-    if method == "ppo":
-        return profile.ppo_iterations * profile.ppo_rollout_prompts
-    if method == "dpo" and data == "labels":
-        return 0
-    return profile.sample_prompts * (profile.samples_per_prompt + profile.base_samples_per_prompt)
-
-
 def training_profile(profile):
     """The profile a method trains with: ``seed`` replaced by ``method_seed`` when that is set, so that a method can be
     trained again with another seed (adapter initialisation, batch order, PPO's rollouts) on the same SFT model,
