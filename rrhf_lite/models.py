@@ -185,7 +185,7 @@ def quiet_loading():
     hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
             yield
     finally:
         report.setLevel(level)
@@ -225,12 +225,14 @@ def load_model(path: str | Path, profile, *, head: str = "lm"):
         model.to(default_device())
     _fit_embeddings(model, tokenizer)
     with quiet_loading():
+        # non-reentrant checkpointing: what torch recommends (and will require), and it needs no input gradients
         if profile.load_in_4bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
             if model.device.type == "cpu":
                 disable_cpu_4bit_repacking(model)
         elif profile.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
 
 
