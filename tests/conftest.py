@@ -50,22 +50,24 @@ def pytest_collection_modifyitems(items):
     """Order the suite for two workers that take one test at a time (``--maxschedchunk 1`` in the Makefile).
 
     The tiny profile's stages are the long pole: ``test_compare``'s table test builds the chain base -> SFT -> reward
-    model -> samples and the stages only it and lesson 08 need, so it goes first, on one worker. The real track's
-    rehearsal (and the install and study tests) need none of those stages, so they come next: the other worker runs
-    them while the chain is built, instead of waiting for it. That worker then trains the four methods
-    (``test_pipeline``) and runs the two lessons that train most of their own (06's DPO data sets and beta sweep, 05's
-    second PRO), so that the suite ends on many short tests that both workers share rather than on one long lesson.
-    Everything else keeps its order.
+    model -> samples and the stages only it and lesson 08 need, so it goes first, on one worker. The other worker
+    meanwhile runs what needs none of those stages: the real track's rehearsal (and the install and study tests), then
+    the unit tests. By then the chain is built, and it trains the four methods (``test_pipeline``) and runs the two
+    lessons that train most of their own (06's DPO data sets and beta sweep, 05's second PRO), so that the suite ends
+    on short tests that both workers share rather than on one long lesson. Within each group the order is kept.
     """
     heavy_lessons = ("06_dpo.ipynb", "05_pro.ipynb")
+    needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile")
 
     def rank(item) -> int:
         if item.nodeid.endswith("test_results_table_on_the_tiny_profile"):
             return 0
         if any(name in item.nodeid for name in ("test_rehearsal", "test_install", "test_study")):
             return 1
-        if "test_method_raises_mean_gold_reward_over_sft" in item.nodeid:
+        if item.nodeid.startswith("tests/") and not any(name in item.nodeid for name in needs_tiny_stages):
             return 2
-        return 3 + heavy_lessons.index(item.name) if item.name in heavy_lessons else 5
+        if "test_method_raises_mean_gold_reward_over_sft" in item.nodeid:
+            return 3
+        return 4 + heavy_lessons.index(item.name) if item.name in heavy_lessons else 6
 
     items.sort(key=rank)  # a stable sort keeps the order within each rank
