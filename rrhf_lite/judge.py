@@ -20,13 +20,14 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .data import parse_turns
-from .models import default_device
+from .models import default_device, quiet_loading
 
 
 def load_judge(path, dtype: str = "float32"):
     """The judge model (frozen, in ``dtype``, on the GPU if there is one) and its tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+    with quiet_loading():
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
     if getattr(model.config, "num_labels", 1) != 1:
         raise ValueError(f"the judge at {path} has {model.config.num_labels} labels; a reward model has one")
     return model.to(default_device()).eval(), tokenizer

@@ -129,7 +129,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32, 
     """
     tokenizer = load_tokenizer(path, add_pad=add_pad)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(default_device())
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(default_device())
     _fit_embeddings(model, tokenizer)
     return model, tokenizer
 
@@ -179,16 +180,21 @@ def quiet_loading():
     """Silence, for the block, what the libraries say on every load that a lesson expects: transformers' progress bar
     over the weights and its load report (a reward model's fresh head is reported missing: :func:`load_model`
     checks the missing keys itself), and peft's FutureWarning from calling a renamed transformers property."""
-    report = hf_logging.get_logger("transformers.modeling_utils")
-    level, bars = report.level, hf_logging.is_progress_bar_enabled()
-    report.setLevel(hf_logging.ERROR)
+    # transformers 5 checks a tensor-parallel plan (and warns about every layer it does not shard) exactly when the
+    # loading logger's level is WARNING or above: its logger is quietened along with the load report's
+    loggers = [hf_logging.get_logger(f"transformers.{name}") for name in ("modeling_utils",
+                                                                          "distributed.tensor_parallel")]
+    levels, bars = [logger.level for logger in loggers], hf_logging.is_progress_bar_enabled()
+    for logger in loggers:
+        logger.setLevel(hf_logging.ERROR)
     hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
             yield
     finally:
-        report.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
         if bars:
             hf_logging.enable_progress_bar()
 
@@ -265,10 +271,12 @@ def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path, dt
     top, and the SFT model itself (adapters disabled) as the reference. On 4-bit profiles the merge happens in
     16/32-bit, and later stages quantise the merged model again when they load it.
     """
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     _fit_embeddings(model, tokenizer)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    with quiet_loading():
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return Path(out_dir)

@@ -81,7 +81,7 @@ def test_a_fresh_reward_head_loads_quietly_and_other_missing_weights_are_refused
     capfd.readouterr()
     load_model(saved_model, profile, head="reward")  # a causal-LM checkpoint: the score head is new by design
     said = "".join(capfd.readouterr())
-    assert "LOAD REPORT" not in said and "Loading weights" not in said
+    assert "LOAD REPORT" not in said and "Loading weights" not in said and "not sharded" not in said
     broken = tmp_path / "broken"
     shutil.copytree(saved_model, broken)
     weights = load_file(broken / "model.safetensors")
