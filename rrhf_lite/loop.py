@@ -21,6 +21,7 @@ It runs through ``accelerate``: the same code runs on a CPU, a GPU, or data-para
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -174,6 +175,32 @@ def _stop(desc: str, what: str, value, step: int, checkpoint_dir: Path | None,
                               step, checkpoint_step)
 
 
+def guarded_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, *,
+                 max_grad_norm: float, stop: Callable[[str, float], Exception],
+                 accelerator: Accelerator | None = None) -> float:
+    """One optimiser step that never writes non-finite weights, shared by every trainer (PPO's update included).
+
+    A non-finite loss stops before the backward pass, a non-finite gradient norm (after clipping to
+    ``max_grad_norm``) before the step, with the gradients cleared: ``raise stop(what, value)``, where the caller
+    says where it was and what it kept. With an ``accelerator``, its backward and clipping are used, and an
+    overflowing gradient under fp16 loss scaling is left to the scaler, which skips that step itself. Returns the
+    gradient norm before clipping.
+    """
+    if not torch.isfinite(loss):
+        raise stop("the loss", loss.item())
+    if accelerator is None:
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+    if (accelerator is None or accelerator.scaler is None) and not torch.isfinite(torch.as_tensor(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise stop("the gradient norm", float(grad_norm))
+    optimizer.step()
+    return float(grad_norm)
+
+
 def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, steps: int, lr: float,
           warmup_steps: int = 0, weight_decay: float = 0.0, max_grad_norm: float = 1.0, log_every: int = 10,
           eval_fn: EvalFn | None = None, eval_every: int = 0, checkpoint_dir: str | Path | None = None,
@@ -217,15 +244,9 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
                initial=start, total=steps)
     for step in bar:
         loss, metrics = step_fn(model, _to_device(next(stream), accelerator.device))
-        if not torch.isfinite(loss):
-            raise _stop(desc, "the loss", loss.item(), step + 1, checkpoint_dir, saved_step)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
-        # With fp16 loss scaling an overflowing gradient is expected now and then: the scaler skips that step itself.
-        if accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
-            raise _stop(desc, "the gradient norm", float(grad_norm), step + 1, checkpoint_dir, saved_step)
-        optimizer.step()
+        grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=max_grad_norm, accelerator=accelerator,
+                                 stop=functools.partial(_stop, desc, step=step + 1, checkpoint_dir=checkpoint_dir,
+                                                        checkpoint_step=saved_step))
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 

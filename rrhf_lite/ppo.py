@@ -56,6 +56,7 @@ fraction and approx_kl would measure noise, and the KL penalty would be paid on 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import warnings
@@ -73,7 +74,7 @@ from .logprobs import (
     sampled_batch,
     sequence_logprobs,
 )
-from .loop import load_checkpoint, read_checkpoint, save_checkpoint, save_run
+from .loop import guarded_step, load_checkpoint, read_checkpoint, save_checkpoint, save_run
 from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
 from .models import load_for_training
 from .reward import load_reward_model, normalised_scorer
@@ -357,6 +358,11 @@ def take_rows(rollout: Rollout, rows: torch.Tensor,
     return {k: v[:, :width] for k, v in batch.items()}, [t[rows, :width - 1] for t in per_token]
 
 
+def _stop(where: str, what: str, value: float) -> FloatingPointError:
+    return FloatingPointError(f"PPO: {what} is {value} at {where}; stopped before the weights were changed (the last "
+                              f"checkpoint is kept; lower ppo_lr, or check the rewards)")
+
+
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout: Rollout, advantages: torch.Tensor,
                returns: torch.Tensor, profile, *, iteration: int, generator: torch.Generator) -> dict[str, float]:
     """``ppo_epochs`` passes over the rollout in shuffled minibatches; returns the mean of each loss and diagnostic.
@@ -377,23 +383,13 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout:
             value_loss, value_clip_fraction = ppo_value_loss(
                 values, old_values, returns_, mask, clip_range=profile.ppo_value_clip_range)
             loss = policy_loss + profile.ppo_vf_coef * value_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"PPO: loss is {loss.item()} at iteration {iteration + 1} (epoch {epoch + 1});"
-                                         f" stopped before the weights were corrupted (lower ppo_lr, or check the "
-                                         f"rewards)")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, profile.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                optimizer.zero_grad(set_to_none=True)
-                raise FloatingPointError(f"PPO: gradient norm is {grad_norm.item()} at iteration {iteration + 1} "
-                                         f"(epoch {epoch + 1}); stopped before the weights were corrupted (the last "
-                                         f"checkpoint is kept; lower ppo_lr, or check the rewards)")
-            optimizer.step()
+            grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=profile.max_grad_norm,
+                                     stop=functools.partial(_stop, f"iteration {iteration + 1} (epoch {epoch + 1})"))
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                ("clip_fraction", clip_fraction), ("value_clip_fraction", value_clip_fraction),
                                ("approx_kl", approx_kl), ("grad_norm", grad_norm)):
-                logged.setdefault(key, []).append(float(value.detach()))
+                logged.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return {k: sum(v) / len(v) for k, v in logged.items()}
