@@ -15,15 +15,66 @@ data, and trained the policy again. One such round:
 4. **re-rank** the candidates of lesson 03 plus the policy's own replies with the new reward model;
 5. **train** the method again, from the SFT model, on the new rankings.
 
-This module holds the steps that are new (labelling, measuring a reward model on a policy's replies);
-:func:`rrhf_lite.pipeline.online_stage` runs the round with the library's training functions.
+:func:`run_round` runs the five steps, top to bottom; :func:`rrhf_lite.pipeline.online_stage` caches its output as
+a stage and hands it what only the pipeline knows (how the reward model is trained and turned into a scorer).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from pathlib import Path
 
+from .candidates import build_rankings
+from .models import load_for_training
+from .ranking import shorten_rankings, train_ranking
+from .sampling import sample_candidates
 from .world import perceived_scores
+
+
+def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, rankings, old_pairs, gold_fn,
+              train_reward: Callable, scorer: Callable, out: Path, ckpt: Path) -> None:
+    """One online round (the module docstring's five steps) into ``out``: ``pairs`` (the fresh comparisons),
+    ``reward/`` (the retrained reward model), ``rankings`` (the re-ranked candidates), and the retrained method's
+    ``adapter/`` and ``history.json``; checkpoints under ``ckpt``.
+
+    Args:
+        method: ``"rrhf"`` or ``"pro"``, trained from ``sft_model``; ``policy_adapter`` is its first round.
+        rankings: lesson 03's rankings (their prompts are the training prompts; their SFT candidates the comparison).
+        old_pairs: the comparisons the first reward model was trained on.
+        gold_fn: the labellers' hidden judge, ``gold_fn(prompts, replies) -> scores``.
+        train_reward: ``train_reward(pairs, out_dir, checkpoint_dir)`` trains a reward model from the SFT model.
+        scorer: ``scorer(reward_dir) -> score(prompts, replies)``, a trained reward model as a function.
+    """
+    from datasets import concatenate_datasets
+
+    # 1. The aligned policy answers lesson 03's training prompts.
+    prompts = list(rankings["prompt"])
+    k = profile.online_samples_per_prompt
+    policy, tokenizer = load_for_training(sft_model, profile, head="lm", adapter=policy_adapter, trainable=False)
+    replies = sample_candidates(policy, tokenizer, prompts, k, max_new_tokens=profile.max_new_tokens,
+                                temperature=profile.sample_temperature, top_p=profile.sample_top_p,
+                                batch_size=profile.generation_batch_size, seed=profile.seed + 2, progress=True)
+    del policy
+    # 2. Labellers compare each of its replies with one of the SFT model's samples for the same prompt.
+    sft_replies = [[r for r, source in zip(row["responses"], row["sources"]) if source == "sft"][:k]
+                   for row in rankings]
+    if any(len(r) < k for r in sft_replies):
+        raise ValueError(f"online_samples_per_prompt={k} needs as many SFT candidates per prompt "
+                         f"(samples_per_prompt={profile.samples_per_prompt})")
+    fresh = label_pairs([p for p in prompts for _ in range(k)], [r for rs in replies for r in rs],
+                        [r for rs in sft_replies for r in rs], gold_fn, profile.world_label_temperature, profile.seed)
+    fresh.save_to_disk(out / "pairs")
+    # 3. The reward model again, from the SFT model, on the old comparisons plus the fresh ones.
+    train_reward(concatenate_datasets([old_pairs, fresh]), out / "reward", ckpt / "reward")
+    # 4. Lesson 03's candidates plus the policy's replies, scored by the new reward model.
+    new_rankings = build_rankings(prompts, {"stage03": list(rankings["responses"]), method: replies},
+                                  scorer(out / "reward"), gold_fn)
+    new_rankings.save_to_disk(out / "rankings")
+    if method == "pro" and profile.pro_ranking_length:
+        new_rankings = shorten_rankings(new_rankings, profile.pro_ranking_length)
+    # 5. The method again, from the SFT model.
+    train_ranking(profile, method, sft_model, new_rankings, out, checkpoint_dir=ckpt / method)
 
 
 def label_pairs(prompts: list[str], replies_a: list[str], replies_b: list[str], gold_fn, temperature: float,

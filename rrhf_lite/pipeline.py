@@ -412,13 +412,7 @@ def online_stage(profile, force: bool = False) -> Path:
     from SFT), ``eval.json`` (measured like every method) and ``online.json`` (both reward models on the policy's
     replies).
     """
-    from datasets import concatenate_datasets
-
-    from .candidates import build_rankings
-    from .models import load_for_training
-    from .online import label_pairs, ranks_like_gold
-    from .ranking import shorten_rankings, train_ranking
-    from .sampling import sample_candidates
+    from .online import ranks_like_gold, run_round
 
     method = profile.online_method
     if method not in ("rrhf", "pro"):
@@ -431,37 +425,12 @@ def online_stage(profile, force: bool = False) -> Path:
     gold_fn = gold_scorer(profile)
 
     def train_fn(out: Path, ckpt: Path) -> None:
-        # 1. The aligned policy answers lesson 03's training prompts.
-        rankings = load_samples(profile, "rankings")
-        prompts = list(rankings["prompt"])
-        k = profile.online_samples_per_prompt
-        policy, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=first / "adapter",
-                                              trainable=False)
-        replies = sample_candidates(policy, tokenizer, prompts, k, max_new_tokens=profile.max_new_tokens,
-                                    temperature=profile.sample_temperature, top_p=profile.sample_top_p,
-                                    batch_size=profile.generation_batch_size, seed=profile.seed + 2, progress=True)
-        del policy
-        # 2. Labellers compare each of its replies with one of the SFT model's samples for the same prompt.
-        sft_replies = [[r for r, source in zip(row["responses"], row["sources"]) if source == "sft"][:k]
-                       for row in rankings]
-        if any(len(r) < k for r in sft_replies):
-            raise ValueError(f"online_samples_per_prompt={k} needs as many SFT candidates per prompt "
-                             f"(samples_per_prompt={profile.samples_per_prompt})")
-        fresh = label_pairs([p for p in prompts for _ in range(k)], [r for rs in replies for r in rs],
-                            [r for rs in sft_replies for r in rs], gold_fn, profile.world_label_temperature,
-                            profile.seed)
-        fresh.save_to_disk(out / "pairs")
-        # 3. The reward model again, from the SFT model, on the old comparisons plus the fresh ones.
-        old = preference_data(profile, "train", profile.rm_pairs)
-        train_reward_folder(profile, sft, concatenate_datasets([old, fresh]), out / "reward", ckpt / "reward")
-        # 4. Lesson 03's candidates plus the policy's replies, scored by the new reward model.
-        new_rankings = build_rankings(prompts, {"stage03": list(rankings["responses"]), method: replies},
-                                      proxy_scorer(profile, sft, out / "reward"), gold_fn)
-        new_rankings.save_to_disk(out / "rankings")
-        if method == "pro" and profile.pro_ranking_length:
-            new_rankings = shorten_rankings(new_rankings, profile.pro_ranking_length)
-        # 5. The method again, from the SFT model.
-        train_ranking(profile, method, sft / "model", new_rankings, out, checkpoint_dir=ckpt / method)
+        run_round(profile, method=method, sft_model=sft / "model", policy_adapter=first / "adapter",
+                  rankings=load_samples(profile, "rankings"),
+                  old_pairs=preference_data(profile, "train", profile.rm_pairs), gold_fn=gold_fn,
+                  train_reward=lambda pairs, folder, checkpoints: train_reward_folder(profile, sft, pairs, folder,
+                                                                                     checkpoints),
+                  scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
 
     def evaluate_fn(out: Path) -> None:
         import datasets
