@@ -26,9 +26,22 @@ import json
 import shutil
 from pathlib import Path
 
+import datasets
+
+from .candidates import build_rankings, perplexities, perplexity_filter, rankings_to_pairs
+from .dpo import train_dpo
+from .evaluate import gold_rewards, policy_report
+from .judge import judge_scores, load_judge
 from .measure import CostMeter
+from .models import load_for_training, load_model
+from .online import ranks_like_gold, run_round
+from .ppo import train_ppo
 from .pretrain import train_base_model
 from .profiles import weak_kl_profile
+from .ranking import shorten_rankings, train_ranking
+from .reward import load_reward_model, normalisation, normalise, normalised_scorer, score, train_reward_model
+from .sampling import generate, sample_candidates
+from .sft import train_sft
 from .sources import (  # noqa: F401  (re-exported: the notebooks import them from here)
     candidate_prompts,
     comparison_prompts,
@@ -43,6 +56,7 @@ from .sources import (  # noqa: F401  (re-exported: the notebooks import them fr
 )
 from .stages import build_or_load, checkpoint_dir, read_output
 from .standins import resolve
+from .world import label_agreement
 
 WORLD_FIELDS = ("seed", "dataset", "world_harmful_fraction", "world_label_temperature", "world_test_fraction")
 BASE_FIELDS = WORLD_FIELDS + ("base_model", "pretrain_dialogues", "tokenizer_vocab_size", "n_layer", "n_head",
@@ -133,8 +147,6 @@ def base_model_path(profile, force: bool = False) -> str | Path:
 
 def sft_stage(profile, force: bool = False) -> Path:
     """The SFT stage folder; the merged SFT model is ``sft_stage(profile) / "model"``."""
-    from .sft import train_sft
-
     base = base_model_path(profile)
     return _build_with_checkpoints(
         "sft", profile, SFT_FIELDS, [base],
@@ -144,8 +156,6 @@ def sft_stage(profile, force: bool = False) -> Path:
 def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path) -> None:
     """Train a reward model from the SFT model on ``train_pairs`` (held-out accuracy on the test comparisons) into
     ``out``: its adapter and ``history.json``, and ``normalisation.json`` for :func:`proxy_scorer`."""
-    from .reward import train_reward_model
-
     eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
     train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt)
     (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
@@ -163,8 +173,6 @@ def reward_stage(profile, force: bool = False) -> Path:
 
 def reward_normalisation(profile, policy_path, reward_dir: Path) -> dict[str, float]:
     """Reward mean and std on the policy's own samples (train prompts), to normalise rewards for RL."""
-    from .reward import load_reward_model, normalisation, score
-
     prompts, samples = normalisation_samples(profile, policy_path)
     model, rm_tokenizer = load_reward_model(policy_path, reward_dir / "adapter", profile)
     return normalisation(score(model, rm_tokenizer, prompts, samples, profile.max_length))
@@ -172,8 +180,6 @@ def reward_normalisation(profile, policy_path, reward_dir: Path) -> dict[str, fl
 
 def normalisation_samples(profile, policy_path) -> tuple[list[str], list[str]]:
     """The policy's samples on ``eval_prompts`` training prompts: what rewards (and the judge) are normalised on."""
-    from .sampling import generate
-
     policy, tokenizer = load_policy(profile, policy_path)
     prompts = comparison_prompts(profile, profile.eval_prompts)
     return prompts, generate(policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
@@ -186,16 +192,12 @@ def load_policy(profile, path):
     Loaded exactly as the methods load their starting point (:func:`rrhf_lite.models.load_model`): on 4-bit
     profiles the same quantised weights, so the SFT baseline is the model every method is measured against.
     """
-    from .models import load_model
-
     model, tokenizer = load_model(path, profile, head="lm")
     return model.eval(), tokenizer
 
 
 def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
     """``score(prompts, replies) -> normalised proxy rewards``: the reward model of stage 02, as a function."""
-    from .reward import load_reward_model, normalised_scorer
-
     model, tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
     stats = read_output(reward_dir, "normalisation")
     scorer = normalised_scorer(model, tokenizer, stats, profile.max_length)
@@ -209,9 +211,6 @@ JUDGE_FIELDS = WORLD_FIELDS + ("judge_model", "compute_dtype", "max_length", "ev
 def judge_stage(profile, force: bool = False) -> Path:
     """Real profiles: the judge's mean and std on the SFT model's samples (``normalisation.json``), like the
     proxy's (:func:`reward_normalisation`), so that judge scores are in "SFT standard deviations"."""
-    from .judge import judge_scores, load_judge
-    from .reward import normalisation
-
     if profile.judge_model is None:
         raise ValueError(f"profile {profile.name!r} has no judge_model")
     sft, judge = sft_stage(profile), resolve(profile.judge_model, profile)
@@ -229,10 +228,6 @@ def judge_stage(profile, force: bool = False) -> Path:
 def gold_scorer(profile):
     """The gold judge as ``score(prompts, replies) -> list[float]``: the tiny world's judge, or on real profiles the
     ``judge_model`` (normalised on SFT samples, see :func:`judge_stage`); None when a profile has neither."""
-    from .evaluate import gold_rewards
-    from .judge import judge_scores, load_judge
-    from .reward import normalise
-
     if is_tiny_world(profile):
         return gold_rewards
     if profile.judge_model is None:
@@ -253,10 +248,6 @@ def gold_upstream(profile) -> list[Path]:
 
 def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> None:
     """Sample candidates, score them, and save ``rankings``, ``pairs`` (with perplexities) and ``best_of_n``."""
-    from .candidates import build_rankings, perplexities, rankings_to_pairs
-    from .evaluate import policy_report
-    from .sampling import sample_candidates
-
     kwargs = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.sample_temperature,
                   top_p=profile.sample_top_p, batch_size=profile.generation_batch_size, progress=True)
     prompts, experts = candidate_prompts(profile)
@@ -310,16 +301,11 @@ def samples_stage(profile, force: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------------------------
 def load_samples(profile, name: str):
     """One dataset of the sampling stage: ``"rankings"``, ``"pairs"`` or ``"best_of_n"``."""
-    import datasets
-
     return datasets.load_from_disk(samples_stage(profile) / name)
 
 
 def evaluate_adapter(profile, adapter_dir: Path) -> dict:
     """Load SFT model + a trained adapter and measure it like the SFT baseline (``sft_eval.json``)."""
-    from .evaluate import policy_report
-    from .models import load_for_training
-
     sft, samples = sft_stage(profile), samples_stage(profile)
     baseline = read_output(samples, "sft_eval")
     model, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
@@ -338,8 +324,6 @@ def dpo_pairs(profile, data: str = "pairs"):
     if data == "pairs":
         return load_samples(profile, "pairs")
     if data in ("filtered", "random"):
-        from .candidates import perplexity_filter
-
         pairs = load_samples(profile, "pairs")
         filtered = perplexity_filter(pairs, quantile=profile.ppl_quantile).dataset
         return filtered if data == "filtered" else pairs.shuffle(seed=profile.seed).select(range(len(filtered)))
@@ -365,10 +349,6 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03; PPO samples its own replies and
     scores them with the reward model of stage 02.
     """
-    from .dpo import train_dpo
-    from .ppo import train_ppo
-    from .ranking import shorten_rankings, train_ranking
-
     if method not in METHOD_FIELDS:
         raise ValueError(f"method must be one of {sorted(METHOD_FIELDS)}, got {method!r}")
     sft, samples = sft_stage(profile), samples_stage(profile)
@@ -412,8 +392,6 @@ def online_stage(profile, force: bool = False) -> Path:
     from SFT), ``eval.json`` (measured like every method) and ``online.json`` (both reward models on the policy's
     replies).
     """
-    from .online import ranks_like_gold, run_round
-
     method = profile.online_method
     if method not in ("rrhf", "pro"):
         raise ValueError(f"online_method must be 'rrhf' or 'pro', got {method!r}")
@@ -433,10 +411,6 @@ def online_stage(profile, force: bool = False) -> Path:
                   scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
 
     def evaluate_fn(out: Path) -> None:
-        import datasets
-
-        from .world import label_agreement
-
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
         # Both reward models on the aligned policies' held-out replies against the SFT model's, prompt by prompt:
         # the comparison a reward model must get right to steer a policy away from SFT.
