@@ -251,6 +251,12 @@ def gold_curve(fit: dict, kl) -> np.ndarray:
     return _gao_features(d, fit["form"]) @ np.array([fit["g0"], fit["alpha"], fit["beta"]])
 
 
+def fitted_curve(fit: dict, max_kl: float, points: int = 100) -> dict[str, np.ndarray]:
+    """``curve_kl`` (``points`` KLs from 0 to ``max_kl``) and ``curve_gold`` (what ``fit`` predicts there), to plot."""
+    grid = np.linspace(0, float(max_kl), points)
+    return {"curve_kl": grid, "curve_gold": gold_curve(fit, grid)}
+
+
 def gold_fit(kl, gold, form: str = "rl") -> dict:
     """Least-squares fit of Gao et al.'s (2022) scaling form for the gold reward, in ``d = sqrt(KL)``:
 
@@ -293,8 +299,7 @@ def overoptimisation(history: pd.DataFrame, tail: int = 5) -> dict:
         at -= 1  # the crossing's nearer side
     peak = history.index[at]
     end = history.tail(tail)
-    grid = np.linspace(0, float(history["kl"].max()), 100)
-    return {**fit, "curve_kl": grid, "curve_gold": gold_curve(fit, grid),
+    return {**fit, **fitted_curve(fit, history["kl"].max()),
             "curve_label": f"{GAO_FORMS[fit['form']]},  d = sqrt(KL)",
             "peak_iteration": int(history.loc[peak, "iteration"]),
             "proxy_at_peak": float(history.loc[peak, "proxy_reward_smooth"]),

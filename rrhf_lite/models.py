@@ -179,7 +179,8 @@ def lora_config(profile, task_type: str) -> LoraConfig:
 def quiet_loading():
     """Silence, for the block, what the libraries say on every load that a lesson expects: transformers' progress bar
     over the weights and its load report (a reward model's fresh head is reported missing: :func:`load_model`
-    checks the missing keys itself), and peft's FutureWarning from calling a renamed transformers property."""
+    checks the missing keys itself), and the FutureWarnings peft raises by calling transformers' renamed
+    gradient-checkpointing methods."""
     # transformers 5 checks a tensor-parallel plan (and warns about every layer it does not shard) exactly when the
     # loading logger's level is WARNING or above: its logger is quietened along with the load report's
     loggers = [hf_logging.get_logger(f"transformers.{name}") for name in ("modeling_utils",

@@ -30,7 +30,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .compare import gold_curve, gold_fit, held_out_trajectory, sqrt_kl_fit
+from .compare import fitted_curve, gold_fit, held_out_trajectory, sqrt_kl_fit
 from .pipeline import METHOD_FIELDS, method_stage
 from .plots import plot_study, save_figure
 from .profiles import get_profile
@@ -92,9 +92,8 @@ def trajectory(profile) -> dict:
     out = {"trajectory": points.reset_index().to_dict(orient="records"), "trajectory_sqrt_kl_fits": fits}
     if "gold_reward" in fits:
         fit = gold_fit(points["kl"], points["gold_reward"])
-        grid = np.linspace(0, float(points["kl"].max()), 100)
         out["trajectory_gold_fit"] = {**{k: float(v) if k != "form" else v for k, v in fit.items()},
-                                      "curve_kl": grid.tolist(), "curve_gold": gold_curve(fit, grid).tolist()}
+                                      **{k: v.tolist() for k, v in fitted_curve(fit, points["kl"].max()).items()}}
     return out
 
 
