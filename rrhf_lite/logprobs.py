@@ -91,44 +91,94 @@ class SequenceLogprobs:
         return self.sum / self.count.clamp(min=1)
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[label]`` for every position, without materialising the whole log-softmax twice."""
-    return -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+# How many logits (positions x vocabulary) the LM head computes at once: 2**25 float32 values are 128 MB. With a
+# 151,936-token vocabulary that is 220 positions per chunk; with the tiny model's 1,024 tokens a whole batch at once.
+LOGIT_CHUNK_ELEMENTS = 2**25
 
 
-def response_window(batch: dict[str, torch.Tensor]) -> int:
-    """The first position (of the ``seq_len - 1`` that predict a next token) that predicts a response token.
+class _ChunkedHeadLogprobs(torch.autograd.Function):
+    """``log softmax((h W^T + b) / T)[y]`` for N positions, ``chunk`` positions at a time, and the entropy.
 
-    A model asked for its last ``seq_len - first`` logits (``logits_to_keep``) covers every response token of the
-    batch: prompts, the long part of HH-RLHF dialogues, need no logits at all.
+    No ``[N, vocab]`` tensor outlives its chunk. The gradient needs no second pass over the vocabulary: a log-prob
+    depends only on its own position's logits ``z = (h W^T + b) / T``, and ``d log p_y / d z = onehot(y) - p``, so
+    the forward pass also computes ``d log p_y / d h = (onehot(y) - p) W / T`` (``[N, hidden]``, the size of ``h``)
+    while the chunk's ``p`` is at hand, and the backward pass only scales it by each position's incoming gradient.
+    That costs one matmul with ``W``, as autograd's backward through full logits would. The entropy is measured, not
+    trained (PPO logs it): it carries no gradient.
     """
-    mask = batch["response_mask"][:, 1:].bool()
-    rows = mask.any(dim=1)
-    return int(mask.float().argmax(dim=1)[rows].min()) if rows.any() else mask.shape[1] - 1
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk, with_entropy):
+        logps = hidden.new_empty(len(hidden), dtype=torch.float32)
+        entropy = hidden.new_zeros(len(hidden) if with_entropy else 0, dtype=torch.float32)
+        grad_per_row = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, len(hidden), chunk):  # at most two [chunk, vocab] tensors alive at once
+            rows = slice(start, start + chunk)
+            logp = F.log_softmax(F.linear(hidden[rows], weight, bias).float().div_(temperature), dim=-1)
+            logps[rows] = logp.gather(-1, labels[rows, None])[:, 0]
+            if with_entropy:
+                entropy[rows] = -(logp.exp() * logp).sum(-1)
+            if grad_per_row is not None:
+                onehot_minus_p = logp.exp_().neg_().scatter_add_(-1, labels[rows, None], torch.ones_like(logp[:, :1]))
+                grad_per_row[rows] = onehot_minus_p.div_(temperature).to(weight.dtype) @ weight
+        ctx.save_for_backward(grad_per_row)
+        ctx.mark_non_differentiable(entropy)
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        (grad_per_row,) = ctx.saved_tensors
+        grad_hidden = grad_per_row * grad_logps[:, None].to(grad_per_row.dtype)
+        return grad_hidden, None, None, None, None, None, None
 
 
-def response_token_logprobs(logits: torch.Tensor, batch: dict[str, torch.Tensor], first: int,
-                            temperature: float = 1.0, with_entropy: bool = False):
-    """Log-probs ``[batch, seq_len - 1]`` of the response tokens (0 elsewhere) from the logits of positions
-    ``first .. seq_len - 2`` (``logits``: ``[batch, seq_len - 1 - first, vocab]``), and the response mask.
+def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False, chunk_elements: int = LOGIT_CHUNK_ELEMENTS):
+    """Log-probs ``[N]`` of ``labels`` under ``softmax(head(hidden) / temperature)`` for ``N`` hidden states
+    ``[N, hidden]``, and the entropy ``[N]`` of each distribution (None unless ``with_entropy``; no gradient).
 
-    Only positions that predict response tokens are cast to float32 and divided by ``temperature``; with
-    ``with_entropy`` the entropy of the next-token distribution there is returned too (else None).
+    Values and gradient (with respect to ``hidden``) are those of ``log_softmax(head(hidden).float() / T)`` at the
+    labels, but at most ``chunk_elements`` logits exist at any time (:class:`_ChunkedHeadLogprobs`): with a 150k-token
+    vocabulary the logits, not the model, are what fills a GPU first. With gradients on, the head itself must be
+    frozen, as it is under LoRA: its gradient would need every position's logits again.
     """
-    labels = batch["input_ids"][:, 1 + first:]
-    kept = batch["response_mask"][:, 1 + first:].bool()
-    picked = logits[kept].float()  # [response tokens, vocab]
-    if temperature != 1.0:
-        picked = picked / temperature
-    log_softmax = F.log_softmax(picked, dim=-1)
-    values = log_softmax.gather(-1, labels[kept][:, None])[:, 0]
+    if type(head) is not torch.nn.Linear:  # noqa: E721  (a LoRA-wrapped or scaled head is not a plain projection)
+        raise ValueError(f"the LM head must be a plain torch.nn.Linear to be computed in chunks, got {type(head)}")
+    if torch.is_grad_enabled() and any(p.requires_grad for p in head.parameters()):
+        raise ValueError("the LM head is trainable; head_logprobs gives gradients for the hidden states only (LoRA "
+                         "keeps the head frozen; freeze it with head.requires_grad_(False))")
+    chunk = max(1, chunk_elements // head.out_features)
+    logps, entropy = _ChunkedHeadLogprobs.apply(hidden, head.weight, head.bias, labels, temperature, chunk,
+                                                with_entropy)
+    return logps, entropy if with_entropy else None
+
+
+def last_hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's last hidden states ``[B, T, hidden]`` (after its final norm), without the LM head: what the
+    logits are computed from. Works through peft's wrapper (LoRA layers included, or disabled with
+    ``disable_adapter()``); no key/value cache is built, since nothing is generated."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal_lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   position_ids=position_ids_from_mask(batch["attention_mask"]),
+                                   use_cache=False).last_hidden_state
+
+
+def response_token_logprobs(model, hidden: torch.Tensor, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                            with_entropy: bool = False):
+    """Log-probs ``[B, T - 1]`` of the response tokens (0 elsewhere) from the last hidden states ``[B, T, hidden]``,
+    the response mask, and with ``with_entropy`` the entropy of the next-token distribution there (else None).
+
+    Only the positions that predict a response token go through the LM head (:func:`head_logprobs`), in float32.
+    """
+    kept = batch["response_mask"][:, 1:].bool()
+    logps, entropy = head_logprobs(hidden[:, :-1][kept], model.get_output_embeddings(),
+                                   batch["input_ids"][:, 1:][kept], temperature, with_entropy)
 
     def to_grid(v: torch.Tensor) -> torch.Tensor:  # back to [batch, seq_len - 1], zeros outside the response
-        return F.pad(torch.zeros(kept.shape, dtype=v.dtype, device=v.device).masked_scatter(kept, v), (first, 0))
+        return torch.zeros(kept.shape, dtype=v.dtype, device=v.device).masked_scatter(kept, v)
 
-    entropy = to_grid(-(log_softmax.exp() * log_softmax).sum(-1)) if with_entropy else None
-    logps = to_grid(values)
-    return logps, batch["response_mask"][:, 1:].to(logps.dtype), entropy
+    mask = batch["response_mask"][:, 1:].to(logps.dtype)
+    return to_grid(logps), mask, to_grid(entropy) if with_entropy else None
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> SequenceLogprobs:
@@ -137,17 +187,13 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float 
     ``batch`` needs ``input_ids``, ``attention_mask`` and ``response_mask`` (as built by :func:`pad_batch`).
     ``temperature`` divides the logits first (PPO scores samples with the temperature they were drawn at).
 
-    Memory: a ``[batch, seq_len, vocab]`` logits tensor is the largest thing in a small model's step (with a
-    150k-token vocabulary and 512 tokens, 16 sequences of it are 5 GB in fp16, twice that in fp32). So the model
-    computes logits only from the first position that predicts a response token on (``logits_to_keep``, see
-    :func:`response_window`), and only the positions that predict response tokens are cast to float32 and
-    normalised; no key/value cache is built (``use_cache=False``), since nothing is generated.
+    Memory: a ``[batch, seq_len, vocab]`` logits tensor would be the largest thing in a small model's step (with a
+    150k-token vocabulary and 512 tokens, 16 sequences of it are 5 GB in fp16, twice that in fp32). So the decoder
+    runs without its LM head (:func:`last_hidden_states`), and only the positions that predict a response token go
+    through the head, a chunk at a time, forward and backward (:func:`head_logprobs`).
     """
-    first = response_window(batch)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False,
-                   logits_to_keep=batch["input_ids"].shape[1] - first).logits[:, :-1]
-    logps, mask, _ = response_token_logprobs(logits, batch, first, temperature)
+    hidden = last_hidden_states(model, batch)
+    logps, mask, _ = response_token_logprobs(model, hidden, batch, temperature)
     return SequenceLogprobs(token_logps=logps, mask=mask, sum=logps.sum(-1), count=mask.sum(-1))
 
 

@@ -68,9 +68,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .logprobs import (
-    position_ids_from_mask,
+    last_hidden_states,
     response_token_logprobs,
-    response_window,
     sampled_batch,
     sequence_logprobs,
 )
@@ -99,15 +98,12 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_head = nn.Linear(policy.config.hidden_size, 1, device=policy.device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, T, vocab]`` (only the last ``logits_to_keep`` positions if > 0) and values ``[B, T]``
-        (``V_t``: the value of the text up to and including t)."""
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True,
-                          use_cache=False, logits_to_keep=logits_to_keep)
-        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # the last layer, after the final norm
-        return out.logits, values
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's last hidden states ``[B, T, hidden]`` (what its LM head reads; see
+        :func:`rrhf_lite.logprobs.response_token_logprobs`) and values ``[B, T]`` (``V_t``: the value of the text up
+        to and including t)."""
+        hidden = last_hidden_states(self.policy, batch)
+        return hidden, self.value_head(hidden.float()).squeeze(-1)
 
 
 def reward_head_weight(reward_model) -> torch.Tensor:
@@ -189,13 +185,11 @@ def policy_forward(model: PolicyAndValue, batch: dict[str, torch.Tensor], temper
 
     ``logprobs[:, t]`` is the log-prob (at ``temperature``) of token t + 1, the one actually there; ``values[:, t]``
     is the value of the state in which it was chosen; ``entropy`` (None unless ``with_entropy``) is the entropy of
-    the policy's next-token distribution there. Logits are computed for the reply positions only
-    (:func:`rrhf_lite.logprobs.response_window`): a ``[B, T, vocab]`` tensor is what fills a GPU first.
+    the policy's next-token distribution there. Logits are computed for the reply positions only, a chunk at a time
+    (:func:`rrhf_lite.logprobs.head_logprobs`): a ``[B, T, vocab]`` tensor is what fills a GPU first.
     """
-    first = response_window(batch)
-    logits, values = model(batch["input_ids"], batch["attention_mask"],
-                           logits_to_keep=batch["input_ids"].shape[1] - first)
-    logprobs, mask, entropy_ = response_token_logprobs(logits[:, :-1], batch, first, temperature, with_entropy)
+    hidden, values = model(batch)
+    logprobs, mask, entropy_ = response_token_logprobs(model.policy, hidden, batch, temperature, with_entropy)
     return entropy_, logprobs, values[:, :-1] * mask
 
 

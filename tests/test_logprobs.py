@@ -1,11 +1,13 @@
-"""Response log-probs: masks, truncation, and batched results equal a naive one-at-a-time loop."""
+"""Response log-probs: masks, truncation, batched results equal a naive one-at-a-time loop, and the chunked LM head
+equals the full logits, values and gradients."""
 
+import copy
 import math
 
 import pytest
 import torch
 
-from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from rrhf_lite.logprobs import head_logprobs, pad_batch, position_ids_from_mask, sequence_logprobs, tokenize_pair
 from rrhf_lite.models import build_tiny_model, build_tokenizer
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.world import TinyWorld
@@ -98,3 +100,66 @@ def test_temperature_divides_the_logits(tok_and_model):
 def test_bad_padding_side():
     with pytest.raises(ValueError, match="side"):
         pad_batch([{"input_ids": [1], "response_mask": [0]}], 0, side="middle")
+
+
+def materialised(hidden, head, labels, temperature):
+    """The plain way: every logit at once, then log-softmax and entropy (what head_logprobs must equal)."""
+    logp = torch.log_softmax(head(hidden).float() / temperature, -1)
+    return logp.gather(-1, labels[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_elements", [10**9, 7 * 50, 1])  # one chunk; 7 rows per chunk (uneven); one row
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_head_equals_materialised_logits_forward_and_backward(chunk_elements, bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias).requires_grad_(False)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (23,))
+    weights = torch.randn(23)  # an arbitrary loss: each position's log-prob with its own weight
+
+    logps, entropy = head_logprobs(hidden, head, labels, temperature=0.7, with_entropy=True,
+                                   chunk_elements=chunk_elements)
+    (weights * logps).sum().backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    ref_lp, ref_ent = materialised(hidden, head, labels, 0.7)
+    (weights * ref_lp).sum().backward()
+    assert torch.allclose(logps, ref_lp, atol=1e-5) and torch.allclose(entropy, ref_ent, atol=1e-5)
+    assert torch.allclose(ours, hidden.grad, atol=1e-6)
+    assert not entropy.requires_grad  # measured (PPO logs it), never trained
+
+
+def test_chunked_head_without_entropy_and_without_gradients():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 30, bias=False).requires_grad_(False)
+    hidden, labels = torch.randn(5, 8), torch.randint(0, 30, (5,))
+    with torch.no_grad():
+        logps, entropy = head_logprobs(hidden, head, labels, chunk_elements=60)
+    assert entropy is None and torch.allclose(logps, materialised(hidden, head, labels, 1.0)[0], atol=1e-6)
+
+
+def test_chunked_head_refuses_what_it_cannot_compute():
+    with pytest.raises(ValueError, match="plain torch.nn.Linear"):
+        head_logprobs(torch.zeros(2, 4), torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="trainable"):
+        head_logprobs(torch.zeros(2, 4), torch.nn.Linear(4, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_lora_gradients_equal_those_through_the_full_logits(tok_and_model):
+    """Training through sequence_logprobs gives the LoRA matrices the gradient the full-logits computation gives."""
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer, model = tok_and_model
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0: a real gradient
+    lora = get_peft_model(copy.deepcopy(model), config)
+    batch = pad_batch([tokenize_pair(tokenizer, p, r, 128) for p, r in PAIRS], tokenizer.pad_token_id, "left")
+    trainable = [p for p in lora.parameters() if p.requires_grad]
+
+    sequence_logprobs(lora, batch, temperature=0.9).sum.sum().backward()
+    ours = [p.grad.clone() for p in trainable]
+    lora.zero_grad()
+    logits = lora(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  position_ids=position_ids_from_mask(batch["attention_mask"])).logits[:, :-1] / 0.9
+    mask = batch["response_mask"][:, 1:]
+    (torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0] * mask).sum().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4) for a, p in zip(ours, trainable))
