@@ -1,10 +1,16 @@
 """Peak GPU memory and tokens/s of SFT, DPO, RRHF (n = 4) and PPO with QLoRA, on the colab-t4 / gpu-24gb profiles.
 
     HF_HUB_OFFLINE=1 python benchmarks/gpu_qlora.py --profile colab-t4 [--model Qwen/Qwen2.5-0.5B] [--steps 8]
+    python benchmarks/gpu_qlora.py --profile gpu-24gb --random-init      # no hub, no cache: the real shapes
+    python benchmarks/gpu_qlora.py --smoke-cpu [--random-init]           # the code paths on a CPU
 
-Needs a CUDA GPU (on a machine without one it says so and exits with status 0, having measured nothing) and the
-profile's base model in the Hugging Face cache, or a local copy passed with ``--model``: with ``HF_HUB_OFFLINE=1``
-nothing is downloaded. The goal in issue 9 is a peak below 15 GB for every method on both profiles.
+Needs a CUDA GPU (on a machine without one it says so and exits with status 0, having measured nothing) and either
+the profile's base model in the Hugging Face cache or a local copy passed with ``--model`` (with ``HF_HUB_OFFLINE=1``
+nothing is downloaded), or ``--random-init``: a model of the base model's exact shapes (``benchmarks/configs/``: the
+layers, widths, heads and 151,936-row vocabulary of Qwen2.5-0.5B and -1.5B, from their hub configs) with random
+weights and a tokenizer trained here, built on the spot (:func:`build_random_init`). Memory and speed depend on the
+shapes, not on the weights, so a machine with no model hub measures what a Colab T4 would. The goal in issue 9 is a
+peak below 15 GB for every method on both profiles.
 
 What runs is the library's own code, as the notebooks run it: ``load_for_training`` (4-bit NF4 base + LoRA,
 gradient checkpointing as the profile says), the shared loop ``rrhf_lite.loop.train`` with ``sft_step``,
@@ -31,6 +37,41 @@ import common  # noqa: E402
 
 TASKS = ("sft", "dpo", "rrhf", "ppo")
 GB = 1024**3
+CONFIGS = Path(__file__).resolve().parent / "configs"
+SHAPES = {"colab-t4": "qwen2.5-0.5b", "gpu-24gb": "qwen2.5-1.5b"}  # each profile's base model, as a config file
+
+
+def build_random_init(profile_name: str, out: Path) -> Path:
+    """The shapes of ``profile_name``'s base model with random weights, saved with ``save_pretrained`` into ``out``.
+
+    The architecture comes from ``benchmarks/configs/<model>.json`` (the values of the model's config on the hub).
+    The tokenizer is a byte-level BPE of 4,096 tokens trained on the tiny world, with Qwen's ``<|endoftext|>`` as eos
+    and no pad token (the library adds one, as it does for Qwen's); the embedding and the LM head keep the real
+    151,936 rows, so the logits, the largest tensors of a step, have their real size. Weights are saved in bfloat16.
+    """
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from rrhf_lite.models import train_byte_level_bpe
+    from rrhf_lite.standins import ENDOFTEXT
+    from rrhf_lite.world import TinyWorld
+
+    out = Path(out)
+    values = {k: v for k, v in json.loads((CONFIGS / f"{SHAPES[profile_name]}.json").read_text()).items()
+              if not k.startswith("_") and k != "model_type"}
+    marker = out / "random_init.json"
+    if marker.exists() and json.loads(marker.read_text()) == values:
+        return out
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_byte_level_bpe(TinyWorld(seed=0).dialogues(2000), 4096, [ENDOFTEXT]),
+        eos_token=ENDOFTEXT, clean_up_tokenization_spaces=False, model_max_length=32_768)
+    eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    config = Qwen2Config(**values, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    marker.write_text(json.dumps(values))
+    return out
 
 
 def long_text(world, tokenizer, n_tokens: int, rng) -> str:
@@ -208,18 +249,25 @@ def worker(spec: dict) -> None:
 
 
 def smoke_cpu(args) -> None:
-    """Run every method once, tiny and in 4-bit on the CPU, through the same workers: a check that the script works
-    (imports, data, the library calls), not a measurement."""
+    """Run every method once, small and in 4-bit on the CPU, through the same workers: a check that the script works
+    (imports, data, the library calls), not a measurement. With ``--random-init``, the model is the profile's real
+    shapes (a 0.5B or 1.5B model with a 151,936-row vocabulary), with batches of one short sequence; without it, the
+    tiny profile's model."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as tmp:
-        model_dir = common.build_model_dir(Path(tmp) / "model", dialogues=1000)
+        if args.random_init:
+            model_dir = build_random_init(args.profile, Path(tmp) / "model")
+            profile, sizes = args.profile, {"batch_size": 1, "max_length": 64}
+            overrides = {"compute_dtype": "float32", "max_new_tokens": 8, "ppo_minibatch_size": 1, "ppo_epochs": 1}
+        else:
+            model_dir = common.build_model_dir(Path(tmp) / "model", dialogues=1000)
+            profile, sizes = "tiny", {"batch_size": 2, "max_length": 96}
+            overrides = {"load_in_4bit": True, "max_new_tokens": 16, "ppo_minibatch_size": 2, "ppo_epochs": 1}
         for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-            spec = {"task": task, "profile": "tiny", "model": str(model_dir), "steps": 3, "warmup": 1,
-                    "batch_size": 2, "max_length": 96,
-                    "profile_overrides": {"load_in_4bit": True, "max_new_tokens": 16, "ppo_minibatch_size": 2,
-                                          "ppo_epochs": 1}}
-            result = common.run_worker(__file__, spec, timeout=900)
+            spec = {"task": task, "profile": profile, "model": str(model_dir), "steps": 3, "warmup": 1, **sizes,
+                    "profile_overrides": overrides}
+            result = common.run_worker(__file__, spec, timeout=1800)
             print(f"  {task}: {result}", flush=True)
 
 
@@ -234,8 +282,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=0, help="override the profile's max_length")
     parser.add_argument("--limit-gb", type=float, default=15.0, help="the goal: peak reserved memory below this")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--random-init", action="store_true",
+                        help="no hub: the base model's shapes with random weights (benchmarks/configs)")
+    parser.add_argument("--random-init-dir", default=None,
+                        help="where --random-init keeps the model (reused when its config matches; default: temporary)")
     parser.add_argument("--smoke-cpu", action="store_true",
-                        help="check the code paths on a CPU with the tiny model in 4-bit (measures nothing useful)")
+                        help="check the code paths on a CPU in 4-bit, with the tiny model or --random-init's shapes")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -249,7 +301,13 @@ def main() -> None:
         print("gpu_qlora.py measures GPU memory and needs a CUDA GPU; none is visible here, so nothing was measured.\n"
               "Run it on a CUDA machine (see benchmarks/README.md, section 'GPU: not measured yet').")
         return
-    common.print_header(f"QLoRA on {torch.cuda.get_device_name()}, profile {args.profile}")
+    if args.random_init:
+        import tempfile
+
+        folder = Path(args.random_init_dir or tempfile.mkdtemp(prefix="random-init-"))
+        args.model = str(build_random_init(args.profile, folder))
+    common.print_header(f"QLoRA on {torch.cuda.get_device_name()}, profile {args.profile}"
+                        + (f", random-init {SHAPES[args.profile]} shapes" if args.random_init else ""))
     rows, results = [], []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         spec = {"task": task, "profile": args.profile, "model": args.model, "steps": args.steps,
