@@ -232,10 +232,24 @@ def measure(spec: dict) -> dict:
         step_s = common.median(timer.times[warmup:])
         result.update({"batch": f"{batch_size} ({seqs} seqs)", "step_s": step_s,
                        "tokens_per_s": tokens / len(batches) / step_s, "detail": ""})
+    config = (model.policy if task == "ppo" else model).config
+    result["estimate_gb"] = estimate_gb(profile, config, task, batch_override)
     result["peak_alloc_gb"] = (cuda("max_memory_allocated") or 0) / GB
     result["peak_reserved_gb"] = (cuda("max_memory_reserved") or 0) / GB
     result["gpu"] = cuda("get_device_name") or "none (CPU smoke run)"
     return result
+
+
+def estimate_gb(profile, config, task: str, batch: int | None) -> float:
+    """What ``rrhf_lite.memory.estimate_memory`` predicts for this run (its batch size, every sequence full)."""
+    import dataclasses
+
+    from rrhf_lite.memory import GIB, estimate_memory
+
+    field = {"sft": "sft_batch_size", "dpo": "dpo_batch_size", "rrhf": "ranking_batch_size",
+             "ppo": "ppo_rollout_prompts"}[task]
+    profile = dataclasses.replace(profile, **({field: batch} if batch else {}))
+    return estimate_memory(profile, config, task).total / GIB
 
 
 def worker(spec: dict) -> None:
@@ -315,15 +329,17 @@ def main() -> None:
         r = common.run_worker(__file__, spec, timeout=3600, extra_env={"OMP_NUM_THREADS": "4"})
         results.append(r)
         if "oom" in r:
-            rows.append([task, args.profile, "-", "-", "OOM", "OOM", "-", "-", "no", r["oom"][:80]])
+            rows.append([task, args.profile, "-", "-", "-", "OOM", "OOM", "-", "-", "no", r["oom"][:80]])
         else:
-            rows.append([task, args.profile, r["batch"], r["max_length"], f"{r['peak_alloc_gb']:.2f}",
-                         f"{r['peak_reserved_gb']:.2f}", f"{r['step_s']:.2f}", f"{r['tokens_per_s']:.0f}",
+            rows.append([task, args.profile, r["batch"], r["max_length"], f"{r['estimate_gb']:.2f}",
+                         f"{r['peak_alloc_gb']:.2f}", f"{r['peak_reserved_gb']:.2f}", f"{r['step_s']:.2f}",
+                         f"{r['tokens_per_s']:.0f}",
                          "yes" if r["peak_reserved_gb"] < args.limit_gb else "NO", r["detail"]])
         print(f"  {task}: done", flush=True)
     print()
-    common.print_table(["method", "profile", "batch", "max_length", "peak alloc GiB", "peak reserved GiB",
-                        "s/step (PPO: s/iter)", "tokens/s", f"< {args.limit_gb:g} GiB", "notes"], rows)
+    common.print_table(["method", "profile", "batch", "max_length", "estimate GiB", "peak alloc GiB",
+                        "peak reserved GiB", "s/step (PPO: s/iter)", "tokens/s", f"< {args.limit_gb:g} GiB", "notes"],
+                       rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"versions": common.versions(), "results": results}, indent=1))
 
