@@ -24,9 +24,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# Lessons 00-03 each build on the one before (base model -> SFT -> reward model -> samples): one at a time, all
+# cores. Lessons 04-08 only share what 00-03 built, so on the tiny profile two of them run at once with one torch thread
+# each: these small models keep one thread busy but not two (one lesson on two threads does ~0.7x the work of two
+# lessons on one each). The stage cache's locks make two lessons that need the same stage take turns; 08 starts first,
+# it trains the most. On a GPU profile one at a time (JOBS=1): two lessons would hold two models in the GPU's memory.
+JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
+LESSON := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute \
+  --ExecutePreprocessor.timeout=1800 --output-dir runs/$(PROFILE)/notebooks
 main: install
-	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute \
-	  --ExecutePreprocessor.timeout=1800 --output-dir runs/$(PROFILE)/notebooks notebooks/*.ipynb
+	$(LESSON) notebooks/0[0-3]_*.ipynb
+ifeq ($(JOBS),1)
+	$(LESSON) notebooks/0[4-8]_*.ipynb
+else
+	ls notebooks/0[4-8]_*.ipynb | sort -r | OMP_NUM_THREADS=1 xargs -P $(JOBS) -n 1 $(LESSON)
+endif
 	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"
 
 # Two pytest workers with one torch thread each: on a 2-core machine that is faster than two workers fighting
