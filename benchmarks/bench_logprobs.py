@@ -179,7 +179,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        worker(json.loads(sys.argv[2]))
-    else:
-        main()
+    common.main_or_worker(main, worker)

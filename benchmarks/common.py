@@ -263,6 +263,15 @@ def emit_result(result: dict) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def main_or_worker(main: Callable[[], None], worker: Callable[[dict], None]) -> None:
+    """A script's entry point: ``script --worker '<spec json>'`` (how :func:`run_worker` starts it) runs one
+    measurement; anything else runs ``main()``."""
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(json.loads(sys.argv[2]))
+    else:
+        main()
+
+
 def run_worker(script: str | Path, spec: dict, timeout: float = 900, extra_env: dict | None = None) -> dict:
     """Run ``python script --worker '<spec json>'`` in a fresh process with :func:`bench_env`; return its result."""
     cmd = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)]
