@@ -38,6 +38,7 @@ that were cut and warns with the counts; a row is an error only when nothing of 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -487,10 +488,23 @@ def _check_text(column: str, row: int, value, what: str = "", allow_empty: bool 
     return blank
 
 
+EMPTY_REPLIES = "empty replies"  # how the warning below begins, after the data's name
+
+
+@contextlib.contextmanager
+def sampled_replies():
+    """Inside the block, no :class:`DataWarning` for empty replies: for replies the course's own models sampled,
+    where an empty one is an answer that ended at once (lesson 03 counts them), not a hole in someone's data. Data
+    from elsewhere (HH-RLHF, your own files) is still warned about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=rf".*: {EMPTY_REPLIES} \(", category=DataWarning)
+        yield
+
+
 def _warn_empty(empty: dict[str, int], rows: int, what: str) -> None:
     if any(empty.values()):
         counts = ", ".join(f"{n} in {column!r}" for column, n in empty.items() if n)
-        warnings.warn(f"{what}: empty replies ({counts}, of {rows} rows) are kept: an empty reply is a reply that "
+        warnings.warn(f"{what}: {EMPTY_REPLIES} ({counts}, of {rows} rows) are kept: an empty reply is a reply that "
                       f"ends at once", DataWarning, stacklevel=3)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import datasets
 
 from .candidates import build_rankings, perplexities, perplexity_filter, rankings_to_pairs
+from .data import sampled_replies
 from .dpo import train_dpo
 from .evaluate import gold_rewards, policy_report
 from .judge import judge_scores, load_judge
@@ -260,10 +261,11 @@ def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> 
                "expert": experts}
     del base_model
     score_fn, gold_fn = proxy_scorer(profile, sft_dir, reward_dir), gold_scorer(profile)
-    rankings = build_rankings(prompts, sources, score_fn, gold_fn)
+    with sampled_replies():  # the models' own replies: an empty one ended at once (lesson 03 counts them)
+        rankings = build_rankings(prompts, sources, score_fn, gold_fn)
+        pairs = rankings_to_pairs(rankings)
     rankings.save_to_disk(out / "rankings")
 
-    pairs = rankings_to_pairs(rankings)
     ppl_chosen = perplexities(policy, tokenizer, pairs["prompt"], pairs["chosen"], profile.max_length)
     ppl_rejected = perplexities(policy, tokenizer, pairs["prompt"], pairs["rejected"], profile.max_length)
     pairs = pairs.add_column("ppl_chosen", ppl_chosen.tolist()).add_column("ppl_rejected", ppl_rejected.tolist())
@@ -273,7 +275,8 @@ def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> 
     held_out = eval_prompts(profile)
     with CostMeter() as cost:
         bon = sample_candidates(policy, tokenizer, held_out, profile.bon_n, seed=profile.seed + 1, **kwargs)
-        bon_rankings = build_rankings(held_out, {"sft": bon}, score_fn, gold_fn)
+        with sampled_replies():
+            bon_rankings = build_rankings(held_out, {"sft": bon}, score_fn, gold_fn)
     bon_rankings.save_to_disk(out / "best_of_n")
     (out / "best_of_n_cost.json").write_text(json.dumps({**cost.as_dict(), "samples": len(held_out) * profile.bon_n}))
 
@@ -355,17 +358,21 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     trained = training_profile(profile)
 
     def train_fn(out: Path, ckpt: Path) -> None:
-        if method == "dpo":
+        if method == "dpo" and data == "labels":
             train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
+        elif method == "dpo":
+            with sampled_replies():  # pairs from lesson 03's samples
+                train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
         elif method == "ppo":
             prompts = rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations)
             train_ppo(trained, sft, reward_stage(profile), out, prompts=prompts, gold_fn=gold_scorer(profile),
                       checkpoint_dir=ckpt)
         else:
             rankings = load_samples(profile, "rankings")
-            if method == "pro" and profile.pro_ranking_length:
-                rankings = shorten_rankings(rankings, profile.pro_ranking_length)
-            train_ranking(trained, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
+            with sampled_replies():
+                if method == "pro" and profile.pro_ranking_length:
+                    rankings = shorten_rankings(rankings, profile.pro_ranking_length)
+                train_ranking(trained, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
 
     def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
@@ -403,12 +410,13 @@ def online_stage(profile, force: bool = False) -> Path:
     gold_fn = gold_scorer(profile)
 
     def train_fn(out: Path, ckpt: Path) -> None:
-        run_round(profile, method=method, sft_model=sft / "model", policy_adapter=first / "adapter",
-                  rankings=load_samples(profile, "rankings"),
-                  old_pairs=preference_data(profile, "train", profile.rm_pairs), gold_fn=gold_fn,
-                  train_reward=lambda pairs, folder, checkpoints: train_reward_folder(profile, sft, pairs, folder,
-                                                                                     checkpoints),
-                  scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
+        with sampled_replies():  # the policy's and the SFT model's replies, and lesson 03's candidates
+            run_round(profile, method=method, sft_model=sft / "model", policy_adapter=first / "adapter",
+                      rankings=load_samples(profile, "rankings"),
+                      old_pairs=preference_data(profile, "train", profile.rm_pairs), gold_fn=gold_fn,
+                      train_reward=lambda pairs, folder, checkpoints: train_reward_folder(profile, sft, pairs, folder,
+                                                                                         checkpoints),
+                      scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
 
     def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))

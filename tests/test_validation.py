@@ -12,6 +12,7 @@ from rrhf_lite.data import (
     DataValidationError,
     DataWarning,
     report_truncation,
+    sampled_replies,
     validate_demonstrations,
     validate_preference_dataset,
     validate_rankings,
@@ -105,6 +106,18 @@ def test_empty_replies_from_samples_are_kept_with_a_count():
         validate_preference_dataset(pairs(rejected=(2, "")), allow_empty_responses=True)
     with pytest.warns(DataWarning, match=r"empty replies \(2 in 'responses', of 3 rows\)"):
         validate_rankings(rankings(responses=(0, ["", " b", ""])), allow_empty_responses=True)
+
+
+def test_the_courses_own_samples_are_not_warned_about_but_other_warnings_stay():
+    # The pipeline trains on its models' samples inside sampled_replies(): an empty one is expected there (lesson 03
+    # counts them), so no warning; anything else the validators say still comes through.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with sampled_replies():
+            validate_rankings(rankings(responses=(0, ["", " b", ""])), allow_empty_responses=True)
+            warnings.warn("rankings: 1 of 3 rows are longer than max_length", DataWarning, stacklevel=1)
+        validate_preference_dataset(pairs(rejected=(2, "")), allow_empty_responses=True)  # outside: warned again
+    assert [str(w.message)[:30] for w in caught] == ["rankings: 1 of 3 rows are long", "comparisons: empty replies (1 "]
 
 
 @pytest.mark.parametrize("score", ["high", None, True, [1.0]])
