@@ -40,7 +40,7 @@ VOCAB, HIDDEN = 151_936, 896  # Qwen2.5-0.5B: vocabulary and width
 SIDES = ("materialised", "chunked")
 
 
-def make_batch(task: str, sequences: int, length: int, seed: int):
+def make_batch(sequences: int, length: int, seed: int):
     """Hidden states ``[S, L, HIDDEN]`` (a leaf that wants a gradient), token ids and a response mask."""
     import torch
 
@@ -49,8 +49,7 @@ def make_batch(task: str, sequences: int, length: int, seed: int):
     input_ids = torch.randint(0, VOCAB, (sequences, length), generator=g)
     prompt = torch.randint(length // 4, 3 * length // 4 + 1, (sequences,), generator=g)
     response_mask = (torch.arange(length)[None, :] >= prompt[:, None]).long()
-    return hidden, {"input_ids": input_ids, "response_mask": response_mask,
-                    "attention_mask": torch.ones_like(input_ids)}
+    return hidden, {"input_ids": input_ids, "response_mask": response_mask}
 
 
 def materialised_logprobs(hidden, head, batch):
@@ -118,7 +117,7 @@ def worker(spec: dict) -> None:
           "trl-compact": lambda h, m, b: trl_logprobs(h, m, b, compact=True)}[spec["side"]]
     times, peaks, values = [], [], []
     for step in range(spec["steps"]):
-        hidden, batch = make_batch(spec["task"], spec["sequences"], spec["length"], seed=step)
+        hidden, batch = make_batch(spec["sequences"], spec["length"], seed=step)
         with common.PeakMemory() as memory:
             start = time.thread_time()
             sums = fn(hidden, head, batch)

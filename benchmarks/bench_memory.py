@@ -26,32 +26,11 @@ import common  # noqa: E402
 
 MODELS = {  # Qwen2 shapes, small enough for a CPU; "wide-vocab" makes the LM head's chunks matter
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=4096),
+                  num_key_value_heads=2, vocab_size=4096, tie_word_embeddings=True),
     "wide-vocab": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=65536),
+                       num_key_value_heads=2, vocab_size=65536, tie_word_embeddings=True),
 }
 STAGES = ("sft", "reward", "dpo", "rrhf")
-
-
-def build_model(out: Path, shapes: dict) -> Path:
-    """A random Qwen2 of ``shapes`` with a small byte-level BPE tokenizer with its own pad token (its ids stay below
-    the vocabulary)."""
-    import torch
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    from rrhf_lite.models import train_byte_level_bpe
-    from rrhf_lite.standins import ENDOFTEXT
-    from rrhf_lite.world import TinyWorld
-
-    bpe = train_byte_level_bpe(TinyWorld(seed=0).dialogues(500), 1000, [ENDOFTEXT, "<|pad|>"])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=ENDOFTEXT, pad_token="<|pad|>",
-                                        clean_up_tokenization_spaces=False)
-    eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(**shapes, tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos)
-                     ).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def worker(spec: dict) -> None:
@@ -74,7 +53,9 @@ def worker(spec: dict) -> None:
     profile = get_profile("tiny", max_length=length, gradient_checkpointing=spec["checkpointing"], sft_batch_size=4,
                           rm_batch_size=2, dpo_batch_size=2, ranking_batch_size=1)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        path = build_model(Path(tmp) / "model", MODELS[spec["model"]])
+        # a tokenizer of 1,000 tokens with its own pad token; the vocabulary's rows are the shapes' own
+        path = common.save_random_qwen2(Path(tmp) / "model", MODELS[spec["model"]], tokens=1000, dialogues=500,
+                                        pad="<|pad|>")
         model, tokenizer = load_for_training(path, profile, head="reward" if stage == "reward" else "lm")
     estimate = estimate_memory(profile, model.config, stage)
     g = torch.Generator().manual_seed(0)

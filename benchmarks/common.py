@@ -125,6 +125,31 @@ def build_model_dir(path: str | Path, profile=None, dialogues: int | None = None
     return path
 
 
+def save_random_qwen2(path: str | Path, shapes: dict, *, tokens: int, dialogues: int, pad: str | None = None,
+                      dtype: str | None = None) -> Path:
+    """A ``Qwen2ForCausalLM`` of ``shapes`` (its config's fields) with random weights, and a byte-level BPE tokenizer
+    of ``tokens`` tokens trained on ``dialogues`` of the tiny world's dialogues, with Qwen's ``<|endoftext|>`` as eos
+    and ``pad`` as pad token (None: no pad token, as Qwen's), saved with ``save_pretrained`` into ``path``. The
+    tokenizer's ids stay below the model's vocabulary, whose size ``shapes`` sets. ``dtype``: the weights' on disk."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from rrhf_lite.models import train_byte_level_bpe
+    from rrhf_lite.standins import ENDOFTEXT
+    from rrhf_lite.world import TinyWorld
+
+    special = [ENDOFTEXT] + ([pad] if pad else [])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_byte_level_bpe(TinyWorld(seed=0).dialogues(dialogues), tokens, special),
+        eos_token=ENDOFTEXT, pad_token=pad, clean_up_tokenization_spaces=False, model_max_length=32_768)
+    eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**shapes, bos_token_id=eos, eos_token_id=eos))
+    (model.to(getattr(torch, dtype)) if dtype else model).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------------------

@@ -49,27 +49,13 @@ def build_random_init(profile_name: str, out: Path) -> Path:
     and no pad token (the library adds one, as it does for Qwen's); the embedding and the LM head keep the real
     151,936 rows, so the logits, the largest tensors of a step, have their real size. Weights are saved in bfloat16.
     """
-    import torch
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    from rrhf_lite.models import train_byte_level_bpe
-    from rrhf_lite.standins import ENDOFTEXT
-    from rrhf_lite.world import TinyWorld
-
     out = Path(out)
     values = {k: v for k, v in json.loads((CONFIGS / f"{SHAPES[profile_name]}.json").read_text()).items()
               if not k.startswith("_") and k != "model_type"}
     marker = out / "random_init.json"
     if marker.exists() and json.loads(marker.read_text()) == values:
         return out
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_byte_level_bpe(TinyWorld(seed=0).dialogues(2000), 4096, [ENDOFTEXT]),
-        eos_token=ENDOFTEXT, clean_up_tokenization_spaces=False, model_max_length=32_768)
-    eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
-    config = Qwen2Config(**values, bos_token_id=eos, eos_token_id=eos)
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    common.save_random_qwen2(out, values, tokens=4096, dialogues=2000, dtype="bfloat16")
     marker.write_text(json.dumps(values))
     return out
 
