@@ -31,7 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from transformers import AutoConfig
+
 from .logprobs import LOGIT_CHUNK_ELEMENTS
+from .sources import is_tiny_world
 
 GIB = 1024**3
 NF4_BYTES = 0.5 + 0.127 / 8  # 4 bits per weight + double-quantised constants (QLoRA: 0.127 bits per parameter)
@@ -81,7 +85,7 @@ def sequences_per_step(profile, stage: str) -> int:
     if stage == "dpo":
         return 2 * profile.dpo_batch_size
     if stage in ("rrhf", "pro"):  # SFT and base samples, plus the expert replies (tiny: 1; real data: chosen, rejected)
-        experts = 1 if profile.dataset == "tiny-world" else 2
+        experts = 1 if is_tiny_world(profile) else 2
         return profile.ranking_batch_size * (profile.samples_per_prompt + profile.base_samples_per_prompt + experts)
     if stage == "ppo":
         return profile.ppo_minibatch_size
@@ -116,14 +120,16 @@ def activation_bytes_per_token_layer(shapes: Shapes, profile) -> float:
     attention = b * (3 * q + 2 * kv)  # q, k, v after the rotary embedding; the attention output, and reshaped
     mlp = b * 4 * i  # gate, its activation, up, their product
     lora = 4 * r * len(adapted)  # each adapter's rank-r output, float32
-    if b == 4:  # float32 throughout: every layer reads its input as it is
-        return 2 * 3 * 4 * h + attention + mlp + lora  # two RMSNorms: input, normalised, scaled output
-    if profile.load_in_4bit:  # float32 residual stream and norms; 16-bit attention and MLP
+    if residual_bytes(profile) == 4:  # two RMSNorms on a float32 residual stream: input, normalised, scaled output
         norms = 2 * 3 * 4 * h
+    else:  # 16-bit residual stream: RMSNorm computes in float32 (input copy, normalised values) and casts back
+        norms = 2 * (3 * b * h + 2 * 4 * h)
+    if b == 4:  # float32 throughout: every layer reads its input as it is
+        casts = 0
+    elif profile.load_in_4bit:  # 16-bit attention and MLP between float32 norms
         casts = 5 * b * h  # bitsandbytes' 16-bit copy of the float32 input of q, k, v, gate and up
         casts += 4 * sum(layers[n][0] for n in adapted if n in ("o_proj", "down_proj"))  # peft: 16-bit -> float32
-    else:  # 16-bit throughout; RMSNorm computes in float32 (input copy, normalised values) and casts back
-        norms = 2 * (3 * b * h + 2 * 4 * h)
+    else:
         casts = 4 * sum(layers[n][0] for n in adapted)  # peft casts each adapter's input to float32
     return norms + casts + attention + mlp + lora
 
@@ -204,14 +210,10 @@ def estimate_memory(profile, config, stage: str) -> MemoryEstimate:
 
 def device_gib() -> float | None:
     """Memory of the first CUDA device in GiB, or None without one."""
-    import torch
-
     return torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
 
 
 def memory_report(profile, base, stage: str) -> str:
     """What a lesson prints before it trains ``stage`` on a real model: the estimate for ``base`` (a hub id or a
     folder; only its ``config.json`` is read), against this machine's GPU when it has one."""
-    from transformers import AutoConfig
-
     return estimate_memory(profile, AutoConfig.from_pretrained(base), stage).describe(device_gib())

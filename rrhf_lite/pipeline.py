@@ -21,6 +21,7 @@ data and judge of the ``rehearsal`` profile come from is :mod:`rrhf_lite.standin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -358,18 +359,18 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     trained = training_profile(profile)
 
     def train_fn(out: Path, ckpt: Path) -> None:
-        if method == "dpo" and data == "labels":
-            train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
-        elif method == "dpo":
-            with sampled_replies():  # pairs from lesson 03's samples
-                train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
-        elif method == "ppo":
+        if method == "ppo":
             prompts = rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations)
             train_ppo(trained, sft, reward_stage(profile), out, prompts=prompts, gold_fn=gold_scorer(profile),
                       checkpoint_dir=ckpt)
-        else:
-            rankings = load_samples(profile, "rankings")
-            with sampled_replies():
+            return
+        # RRHF, PRO and DPO train on lesson 03's samples, but for DPO on the labellers' pairs
+        own_samples = not (method == "dpo" and data == "labels")
+        with sampled_replies() if own_samples else contextlib.nullcontext():
+            if method == "dpo":
+                train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
+            else:
+                rankings = load_samples(profile, "rankings")
                 if method == "pro" and profile.pro_ranking_length:
                     rankings = shorten_rankings(rankings, profile.pro_ranking_length)
                 train_ranking(trained, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
