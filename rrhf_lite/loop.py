@@ -16,7 +16,15 @@ A method plugs in a *step function* ``step_fn(model, batch) -> (loss, metrics)``
   incompletely) is moved aside to ``checkpoint.pt.unreadable-*`` with a warning, and training starts over.
 
 It runs through ``accelerate``: the same code runs on a CPU, a GPU, or data-parallel on several processes with
-``accelerate launch --num_processes N`` (each process then sees its own shard of every epoch).
+``accelerate launch --num_processes N``. Data-parallel training takes the *same optimiser steps* as one process:
+every process draws the same global batch and trains on its own slice of it (:func:`split_batches`), each
+process's loss is weighted by its share of what the loss averages over (:func:`shard_weight`), and the gradients are
+averaged over the processes (:func:`average_gradients`): the result is the gradient of the whole batch's loss. A loss
+that averages over rows (pairs, rankings) needs nothing more; one that averages over tokens (SFT) says so with
+``loss_units``. With dropout, the processes draw other masks than one process would, so the numbers then agree in
+distribution only. The gradients are averaged by one all-reduce after each backward pass rather than by wrapping the
+model in DDP: the log-prob code runs the decoder and the LM head separately (:mod:`rrhf_lite.logprobs`), and DDP only
+synchronises what goes through its ``forward``.
 """
 
 from __future__ import annotations
@@ -175,6 +183,72 @@ def _stop(desc: str, what: str, value, step: int, checkpoint_dir: Path | None,
                               step, checkpoint_step)
 
 
+class _Shard:
+    """A batch sampler that yields this process's slice of every batch of ``batch_sampler``."""
+
+    def __init__(self, batch_sampler, rank: int, world: int):
+        self.batch_sampler, self.rank, self.world = batch_sampler, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        for number, indices in enumerate(self.batch_sampler):
+            indices = list(indices)
+            if len(indices) < self.world:
+                raise ValueError(f"batch {number} has {len(indices)} rows, fewer than the {self.world} processes that "
+                                 f"share it: use a larger batch size or fewer processes")
+            # as equal as possible: the first len % world processes take one row more
+            size, extra = divmod(len(indices), self.world)
+            start = self.rank * size + min(self.rank, extra)
+            yield indices[start:start + size + (self.rank < extra)]
+
+
+def split_batches(loader: torch.utils.data.DataLoader, rank: int, world: int) -> torch.utils.data.DataLoader:
+    """The same batches as ``loader``, cut in ``world`` slices: process ``rank`` gets rows of its slice only.
+
+    Every process iterates the same global batches (the same seeded sampler), so ``world`` processes together see
+    exactly the batches one process would, and each batch yields ``(rows in this slice, collated slice)``.
+    Unlike accelerate's ``split_batches=True``, which needs the batch size to be a multiple of ``world`` and pads or
+    drops an uneven last batch, a batch of any size is split into parts that differ by at most one row.
+    """
+    if loader.batch_sampler is None or loader.num_workers:
+        raise ValueError("data-parallel training needs a DataLoader with a batch size and num_workers=0")
+    collate = loader.collate_fn
+    return torch.utils.data.DataLoader(loader.dataset, batch_sampler=_Shard(loader.batch_sampler, rank, world),
+                                       collate_fn=lambda rows: (len(rows), collate(rows)), generator=loader.generator)
+
+
+def shard_weight(units: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """What one process's loss is multiplied by so that DDP's average of the gradients is the whole batch's gradient.
+
+    A process's loss is a mean over its ``units`` (rows or tokens) of the batch; the whole batch's loss is the mean over
+    all units, sum_p units_p * loss_p / sum_p units_p. DDP averages gradients over the N processes, so process p
+    contributes N * units_p / sum_p units_p times its loss (1 with one process).
+    """
+    units = units.to(accelerator.device, torch.float64)
+    return (accelerator.num_processes * units / accelerator.reduce(units.clone(), "sum")).float()
+
+
+def average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
+    """Replace each gradient by its mean over the processes (what DDP does during the backward pass), in one
+    all-reduce of all of them. A parameter without a gradient counts as a zero gradient."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), "mean")
+    for p, g in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
+def _batch_values(weighted_loss: torch.Tensor, metrics: dict[str, float], row_weight: torch.Tensor,
+                  accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, float]]:
+    """The whole batch's loss (the mean of the processes' weighted losses) and its metrics (each process's
+    per-row means weighted by its rows), from one all-reduce."""
+    n = accelerator.num_processes
+    local = torch.stack([weighted_loss.float(), *(row_weight * v for v in metrics.values())]) / n
+    total = accelerator.reduce(local.to(accelerator.device), "sum").cpu()
+    return total[0], dict(zip(metrics, total[1:].tolist()))
+
+
 def guarded_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, *,
                  max_grad_norm: float, stop: Callable[[str, float], Exception],
                  accelerator: Accelerator | None = None) -> float:
@@ -182,9 +256,9 @@ def guarded_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer
 
     A non-finite loss stops before the backward pass, a non-finite gradient norm (after clipping to
     ``max_grad_norm``) before the step, with the gradients cleared: ``raise stop(what, value)``, where the caller
-    says where it was and what it kept. With an ``accelerator``, its backward and clipping are used, and an
-    overflowing gradient under fp16 loss scaling is left to the scaler, which skips that step itself. Returns the
-    gradient norm before clipping.
+    says where it was and what it kept. With an ``accelerator``, its backward and clipping are used, the gradients
+    are averaged over its processes (:func:`average_gradients`), and an overflowing gradient under fp16 loss scaling
+    is left to the scaler, which skips that step itself. Returns the gradient norm before clipping.
     """
     if not torch.isfinite(loss):
         raise stop("the loss", loss.item())
@@ -193,6 +267,8 @@ def guarded_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         accelerator.backward(loss)
+        if accelerator.num_processes > 1:
+            average_gradients(params, accelerator)
         grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
     if (accelerator is None or accelerator.scaler is None) and not torch.isfinite(torch.as_tensor(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
@@ -205,26 +281,40 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
           warmup_steps: int = 0, weight_decay: float = 0.0, max_grad_norm: float = 1.0, log_every: int = 10,
           eval_fn: EvalFn | None = None, eval_every: int = 0, checkpoint_dir: str | Path | None = None,
           checkpoint_every: int = 0, seed: int = 0, desc: str = "train", progress: bool = True,
-          accelerator: Accelerator | None = None) -> list[dict]:
+          accelerator: Accelerator | None = None, loss_units: Callable[[dict], torch.Tensor] | None = None
+          ) -> list[dict]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` (cycled) and return the metrics history.
 
     Each history row holds ``step``, ``lr``, ``loss``, ``grad_norm`` and whatever ``step_fn`` reported, averaged
     over the ``log_every`` steps since the previous row, plus ``eval_*`` entries on evaluation steps.
     ``batches`` must give the same sequence each time it is iterated from the start (a ``DataLoader`` with a
     seeded generator does), so that a resumed run sees the batches the interrupted one would have seen.
+
+    On several processes (``accelerate launch``) ``batches`` must be a ``DataLoader``: each global batch is split
+    between the processes (:func:`split_batches`), and the history holds the whole batch's loss and metrics, the
+    same on every process. ``loss_units(batch)`` counts what ``step_fn``'s loss is a mean over, when that is not the
+    batch's rows (SFT: the response tokens); it is only called on several processes.
     """
     if checkpoint_every and checkpoint_every % log_every:
         raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of log_every ({log_every})")
     set_seed(seed)
-    accelerator = accelerator or Accelerator()
+    # with no GPU, CPU processes (gloo) under `accelerate launch`: accelerate would otherwise run each one on its own
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup_steps))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if accelerator.num_processes > 1 and isinstance(batches, torch.utils.data.DataLoader):
-        batches = accelerator.prepare(batches)  # shard each epoch across processes
+    # placed on the process's device, with accelerate's mixed precision if configured; not wrapped in DDP (see above)
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    # the scheduler stays ours: accelerate's wrapper would step it once per process, as if each took a whole batch
+    optimizer = accelerator.prepare_optimizer(optimizer)
+    sharded = accelerator.num_processes > 1
+    if sharded:
+        if not isinstance(batches, torch.utils.data.DataLoader):
+            raise ValueError(f"{desc}: on {accelerator.num_processes} processes the batches must be a DataLoader, "
+                             f"so that each process can take its slice of every batch")
+        batches = split_batches(batches, accelerator.process_index, accelerator.num_processes)
 
     start, history, saved_step = 0, [], None
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -243,15 +333,25 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
     bar = tqdm(range(start, steps), desc=desc, disable=not progress or not accelerator.is_main_process,
                initial=start, total=steps)
     for step in bar:
-        loss, metrics = step_fn(model, _to_device(next(stream), accelerator.device))
-        grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=max_grad_norm, accelerator=accelerator,
-                                 stop=functools.partial(_stop, desc, step=step + 1, checkpoint_dir=checkpoint_dir,
-                                                        checkpoint_step=saved_step))
+        rows, batch = next(stream) if sharded else (None, next(stream))
+        batch = _to_device(batch, accelerator.device)
+        loss, metrics = step_fn(model, batch)
+        metrics = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}
+        stop = functools.partial(_stop, desc, step=step + 1, checkpoint_dir=checkpoint_dir, checkpoint_step=saved_step)
+        weighted = loss
+        if sharded:  # this process's share of the batch's loss, and the batch's loss and metrics for the history
+            units = torch.as_tensor(loss_units(batch) if loss_units else rows)
+            weighted = loss * shard_weight(units, accelerator)
+            row_weight = shard_weight(torch.as_tensor(rows), accelerator)
+            loss, metrics = _batch_values(weighted.detach(), metrics, row_weight, accelerator)
+            if not torch.isfinite(loss):  # every process stops at the same step, none waits for the others
+                raise stop("the loss", loss.item())
+        grad_norm = guarded_step(weighted, params, optimizer, max_grad_norm=max_grad_norm, accelerator=accelerator,
+                                 stop=stop)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        row = {"loss": loss.item(), "grad_norm": float(grad_norm),
-               **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}}
+        row = {"loss": loss.item(), "grad_norm": float(grad_norm), **metrics}
         for k, v in row.items():
             window.setdefault(k, []).append(v)
         done = step + 1

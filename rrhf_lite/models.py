@@ -19,6 +19,7 @@ For training, :func:`load_for_training` is the one loader for every profile: the
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -118,8 +119,11 @@ def load_tokenizer(path: str | Path, add_pad: bool = False) -> PreTrainedTokeniz
 
 
 def default_device() -> torch.device:
-    """The GPU when there is one, else the CPU: where every model of a run is placed."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one, else the CPU: where every model of a run is placed. Under ``accelerate launch``,
+    process k of a machine takes GPU k (``LOCAL_RANK``)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32, add_pad: bool = False):

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -449,6 +450,12 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
     Returns the history: one dict per iteration (``pandas.DataFrame(history)``), with the rollout's
     :func:`rollout_metrics`, the update's mean losses and diagnostics, and the ``beta`` and ``lr`` it used.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            "PPO trains on one process only: its rollout, the whitening of its advantages and its KL controller are "
+            "computed over the whole rollout, which data-parallel training would split. Build the PPO stage with "
+            "plain `python` (SFT, the reward model, RRHF, PRO and DPO can run under `accelerate launch`); once it "
+            "is built, every process can load it.")
     sft_dir, reward_dir, out_dir = Path(sft_dir), Path(reward_dir), Path(out_dir)
     model, tokenizer, reward_fn = load_models(profile, sft_dir, reward_dir)
     n, iterations = profile.ppo_rollout_prompts, profile.ppo_iterations

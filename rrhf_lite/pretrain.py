@@ -38,6 +38,11 @@ def lm_step(model, batch: dict) -> tuple[torch.Tensor, dict]:
     return model(**batch).loss, {}
 
 
+def predicted_tokens(batch: dict) -> torch.Tensor:
+    """What the causal-LM loss is a mean over: the labels that are predicted (not -100), after the shift by one."""
+    return (batch["labels"][:, 1:] != -100).sum()
+
+
 def train_base_model(profile, out_dir: Path, progress: bool = True) -> list[dict]:
     """World text -> tokenizer -> fresh tiny Llama -> pretraining -> ``save_pretrained(out_dir)``.
 
@@ -51,6 +56,6 @@ def train_base_model(profile, out_dir: Path, progress: bool = True) -> list[dict
     history = train(model, batches, lm_step, steps=profile.pretrain_steps, lr=profile.pretrain_lr,
                     warmup_steps=profile.pretrain_warmup_steps, weight_decay=profile.weight_decay,
                     max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
-                    desc="pretrain base", progress=progress)
+                    desc="pretrain base", progress=progress, loss_units=predicted_tokens)
     save_run(out_dir, model, tokenizer, history, folder="", dialogues=len(texts))
     return history

@@ -44,6 +44,11 @@ def sft_step(model, batch: dict) -> tuple[torch.Tensor, dict]:
     return sft_loss(lp.token_logps, lp.mask), {"response_tokens": lp.count.mean()}
 
 
+def response_tokens(batch: dict) -> torch.Tensor:
+    """What the SFT loss is a mean over: the predicted response tokens (data-parallel training weighs by them)."""
+    return batch["response_mask"][:, 1:].sum()
+
+
 def train_sft(profile, base_path, dataset, out_dir: Path, checkpoint_dir: Path | None = None,
               progress: bool = True) -> list[dict]:
     """LoRA-fine-tune ``base_path`` on ``dataset`` (``prompt/completion``) and save the merged SFT model.
@@ -63,7 +68,7 @@ def train_sft(profile, base_path, dataset, out_dir: Path, checkpoint_dir: Path |
                     warmup_steps=profile.sft_warmup_steps, weight_decay=profile.weight_decay,
                     max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
                     checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every,
-                    desc="SFT", progress=progress)
+                    desc="SFT", progress=progress, loss_units=response_tokens)
     save_run(out_dir, model, tokenizer, history)
     merge_adapter(base_path, out_dir / "adapter", out_dir / "model", dtype=profile.compute_dtype)
     return history

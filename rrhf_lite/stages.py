@@ -22,6 +22,12 @@ Guarantees:
 * **Never half-written.** A stage is built in a temporary folder beside its final place; ``stage.json`` is written
   last and the folder is then moved into place with one atomic rename. A crash leaves only a temporary folder,
   removed by the next build. A folder without ``stage.json`` is never loaded: it is deleted and rebuilt.
+* **Data-parallel builds.** Under ``accelerate launch --num_processes N`` every process asks for the same stages in
+  the same order. Only the main process takes the lock; then all of them either load the stage or build it
+  together (training is a collective: each process trains on its slice of every batch, see
+  :mod:`rrhf_lite.loop`). Each process builds into a folder of its own; the main process's becomes the stage, the
+  others' are deleted, and every process returns once the stage is in place. So the stage is written once, and no
+  process waits on a lock held by a process that waits for it.
 * **Checked before loading.** ``stage.json`` lists every file of the stage with its size. A folder whose
   ``stage.json`` is unreadable, or with a listed file missing or of another size (a copy or a cloud-drive sync cut
   short, a file deleted by hand) is not complete either: :func:`is_complete` says no, and ``build_or_load`` warns,
@@ -35,6 +41,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,12 +49,14 @@ import platform
 import secrets
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from filelock import FileLock, Timeout
 
 from .profiles import Profile
@@ -158,9 +167,26 @@ def _scratch(final: Path, kind: str) -> Path:
     return final.parent / f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-@contextmanager
-def _locked(final: Path, stage: str) -> Iterator[None]:
-    """Hold ``<key>.lock`` for the block, saying so when another process has it (and is building the stage)."""
+def data_parallel() -> PartialState | None:
+    """accelerate's state of this process when it is one of several (``accelerate launch``), else None.
+
+    With no GPU the processes are CPU processes (gloo): accelerate would otherwise run each one on its own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+@contextlib.contextmanager
+def _locked(final: Path, stage: str, processes: PartialState | None) -> Iterator[None]:
+    """Hold ``<key>.lock`` for the block, saying so when another process has it (and is building the stage).
+
+    Of the processes of one data-parallel run, the main one holds the lock for all of them, and releases it once they
+    have all left the block (an exception leaves at once: the launcher then stops the others)."""
+    if processes is not None:
+        with _locked(final, stage, None) if processes.is_main_process else contextlib.nullcontext():
+            yield
+            processes.wait_for_everyone()
+        return
     lock = FileLock(final.parent / f"{final.name}.lock")
     try:
         lock.acquire(timeout=0)
@@ -191,26 +217,39 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
     """
     final = stage_path(stage, profile, fields, depends_on, code)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final, stage):
-        for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
-            _remove(leftover)  # from a build that crashed: nobody else can be using it while we hold the lock
-        reason = incomplete_reason(final) if final.exists() else None
-        if reason:
-            print(f"warning: stage '{stage}' at {final} is incomplete ({reason}: half-written, half-copied or "
-                  f"half-deleted?); removing it and building it again")
-            _remove(final)
+    processes = data_parallel()
+    main = processes is None or processes.is_main_process
+    with _locked(final, stage, processes):
+        if main:
+            for leftover in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
+                _remove(leftover)  # from a build that crashed: nobody else can be using it while we hold the lock
+            reason = incomplete_reason(final) if final.exists() else None
+            if reason:
+                print(f"warning: stage '{stage}' at {final} is incomplete ({reason}: half-written, half-copied or "
+                      f"half-deleted?); removing it and building it again")
+                _remove(final)
+        if processes is not None:
+            processes.wait_for_everyone()  # the others look at the stage once the main process has cleaned up
         if is_complete(final) and not force:
-            if final not in _ANNOUNCED:  # one line per stage and process, however often a lesson asks for it
+            if main and final not in _ANNOUNCED:  # one line per stage and process, however often a lesson asks
                 print(f"loaded stage '{stage}' from {final}")
-                _ANNOUNCED.add(final)
+            _ANNOUNCED.add(final)
             return final
 
-        print(f"building stage '{stage}' -> {final} ...", flush=True)
+        if main:
+            print(f"building stage '{stage}' -> {final} ...", flush=True)
         tmp = _scratch(final, "tmp")
         tmp.mkdir()
         start = time.perf_counter()
         try:
-            build(tmp)
+            with warnings.catch_warnings():
+                if not main:  # the same data gives the same warnings: the main process reports them
+                    warnings.simplefilter("ignore")
+                build(tmp)
+            if not main:  # the main process's build becomes the stage
+                shutil.rmtree(tmp)
+                _ANNOUNCED.add(final)
+                return final
             info = {"stage": stage, "profile": profile.name, "fields": {f: getattr(profile, f) for f in fields},
                     "depends_on": [str(p) for p in depends_on],
                     "code": {"modules": module_closure(code), "hash": code_hash(code)} if code else None,
@@ -230,4 +269,4 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
             raise
         print(f"built in {time.perf_counter() - start:.1f} s")
         _ANNOUNCED.add(final)
-        return final
+        return final  # on several processes, _locked waits for all of them before the lock is released

@@ -1,15 +1,6 @@
-"""A small, fast training task for the loop's tests: linear regression through the shared loop.
-
-Run as a script (``accelerate launch --num_processes 2 tests/loop_task.py OUT``) it trains data-parallel and
-writes each process's final weights and the indices it saw to ``OUT/rank<k>.pt``.
-"""
-
-import sys
-from pathlib import Path
+"""A small, fast training task for the loop's tests: linear regression through the shared loop."""
 
 import torch
-
-from rrhf_lite.loop import train
 
 TRUE_W = torch.tensor([2.0, -3.0, 0.5])
 
@@ -30,21 +21,3 @@ def make_model() -> torch.nn.Module:
 def mse_step(model, batch):
     pred = model(batch["x"]).squeeze(-1)
     return ((pred - batch["y"]) ** 2).mean(), {"batch_size": len(batch["y"])}
-
-
-if __name__ == "__main__":
-    from accelerate import Accelerator
-
-    out = Path(sys.argv[1])
-    accelerator = Accelerator(cpu=True)
-    seen: list[int] = []
-
-    def recording_step(model, batch):
-        seen.extend(batch["index"].tolist())
-        return mse_step(model, batch)
-
-    model = make_model()
-    history = train(model, make_batches(), recording_step, steps=16, lr=0.1, log_every=4, progress=False,
-                    accelerator=accelerator)
-    weights = accelerator.unwrap_model(model).weight.detach().clone()
-    torch.save({"weights": weights, "seen": seen, "history": history}, out / f"rank{accelerator.process_index}.pt")
