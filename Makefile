@@ -3,6 +3,7 @@
 #               (executed copies in runs/tiny/notebooks/, figures in runs/tiny/figures/, the side-by-side
 #               results table of lesson 08 in runs/tiny/results.csv and results.json)
 #   make test   installs into .venv if needed, then runs the unit tests and executes every notebook
+#   make site   (optional, after make main) the executed lessons as a static website: runs/tiny/site/index.html
 #
 # torch is installed first, pinned (TORCH=...), so that pip never swaps it for another build.
 # torch==2.13.0 is a CPU build on the project's CI machines; on your own machine pass the build you want,
@@ -14,7 +15,7 @@ TORCH ?= torch==2.13.0
 PROFILE ?= $(or $(RRHF_LITE_PROFILE),tiny)
 PY := $(VENV)/bin/python
 
-.PHONY: install main test study lint clean
+.PHONY: install main test site study lint clean
 
 install: $(VENV)/.installed
 
@@ -39,7 +40,13 @@ ifeq ($(JOBS),1)
 else
 	ls notebooks/0[4-8]_*.ipynb | sort -r | OMP_NUM_THREADS=1 xargs -P $(JOBS) -n 1 $(LESSON)
 endif
+	$(PY) website/make_site.py record --profile $(PROFILE)
 	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"
+
+# The lessons as make main executed them, as a website (website/make_site.py: MkDocs with mkdocs-jupyter).
+# It refuses notebooks executed from another commit (or other uncommitted changes) than the working tree's.
+site: install
+	$(PY) website/make_site.py build --profile $(PROFILE)
 
 # Two pytest workers with one torch thread each: on a 2-core machine that is faster than two workers fighting
 # over two threads each (OpenMP oversubscription slows tiny models down several-fold). Each worker takes one test at

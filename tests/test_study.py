@@ -30,8 +30,10 @@ def test_differences_are_real_only_when_their_interval_excludes_zero():
     assert "A - B: gold_reward -2.00" in study.describe(result)
 
 
-def test_study_on_the_rehearsal_profile(tmp_path):
-    profile = get_profile("rehearsal", runs_dir=str(tmp_path))
+def test_study_on_the_rehearsal_profile():
+    # the shared stage cache: the seed-0 runs, the SFT and reward models and the samples are the rehearsal lessons'
+    # (tests/test_rehearsal_notebooks.py), built once for both
+    profile = get_profile("rehearsal")
     result = study.run_study(profile, seeds=2, progress=False)
     runs = pd.DataFrame(result["runs"])
     assert len(runs) == 2 * len(study.METHODS) and set(runs["seed"]) == {0, 1}
@@ -53,6 +55,6 @@ def test_study_on_the_rehearsal_profile(tmp_path):
     study.save_study(result, profile)
     assert study.load_study(profile)["seeds"] == 2
     assert (profile.runs_path / "figures" / "study_frontier.png").exists()
-    assert study.load_study(get_profile("rehearsal", runs_dir=str(tmp_path), dpo_beta=0.5)) is None  # other settings
-    assert study.load_study(get_profile("rehearsal", runs_dir=str(tmp_path), overopt_kl_coef=0.5)) is None
+    assert study.load_study(get_profile("rehearsal", dpo_beta=0.5)) is None  # other settings
+    assert study.load_study(get_profile("rehearsal", overopt_kl_coef=0.5)) is None
     assert json.loads((profile.runs_path / "study.json").read_text())["profile"] == "rehearsal"

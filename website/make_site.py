@@ -1,0 +1,242 @@
+"""The course as a website: the lessons as ``make main`` executed them, with their figures and the results table.
+
+    make site          # after `make main`: runs/<profile>/site/index.html (open it, or serve the folder)
+
+It reads what ``make main`` wrote for the profile (``RRHF_LITE_PROFILE``, ``tiny`` by default) and builds a static
+site with MkDocs: a home page with the lesson map, the reward-KL frontier and lesson 08's results table, then one page
+per lesson with every output, each page linking its *Open in Colab* badge and its source on GitHub.
+
+Why MkDocs with mkdocs-jupyter: it renders the executed notebooks as they are (nbconvert, the Jupyter project's own
+converter) with nothing to install but Python packages, builds offline and fast, and Material for MkDocs gives the
+navigation and search. Jupyter Book 2 would be the other choice, but its first build downloads its page template,
+which machines without internet (like this project's CI) cannot. Equations are typeset by MathJax 2.7, the version
+nbconvert's pages are written for, with its CommonHTML output: installed from the npm registry on the first build
+into ``runs/.site-cache/`` (the one step that needs a network) and served with the site, so that a page loads
+nothing from another host. (The Jupyter project's offline package of MathJax 2, jupyter-server-mathjax, has only the
+older HTML-CSS output with STIX fonts, which asks Chromium for fonts it does not ship and for ``about:blank``.)
+
+Never stale: ``make main`` records which commit (and which uncommitted changes) it executed the lessons from
+(:func:`record_execution`), the site shows that commit, the date and the profile on every page, and the build
+refuses notebooks executed from another state of the working tree than the current one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GITHUB = "https://github.com/rrhf-lite/rrhf-lite"
+RECORD = "executed.json"  # written beside the executed notebooks by `make main`
+MATHJAX = "mathjax@2.7.9"  # nbconvert's pages configure MathJax 2 (MathJax.Hub.Config)
+MATHJAX_URL = "assets/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
+# what the site serves of it: the TeX input, the CommonHTML output and its web fonts (about 1.5 MB of its 48)
+MATHJAX_FILES = ("MathJax.js", "LICENSE", "config/TeX-AMS_CHTML-full.js", "config/Safe.js", "extensions",
+                 "localization/en", "jax/input/TeX", "jax/output/CommonHTML", "jax/element", "fonts/HTML-CSS/TeX/woff")
+COLAB_BADGE = re.compile(r"https://colab\.research\.google\.com/assets/colab-badge\.svg")
+
+
+class StaleNotebooks(RuntimeError):
+    """The executed notebooks do not come from the working tree as it is now."""
+
+
+def tree_state(repo: Path = REPO) -> dict[str, str]:
+    """The commit checked out and a hash of the uncommitted changes to tracked files (empty if there are none)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+    diff = git("diff", "HEAD")
+    return {"commit": git("rev-parse", "HEAD").strip(),
+            "changes": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else ""}
+
+
+def record_execution(notebooks_dir: Path, profile: str, repo: Path = REPO) -> dict:
+    """Write ``executed.json`` beside the executed notebooks: the tree state, the profile and the date."""
+    record = {**tree_state(repo), "profile": profile,
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    notebooks_dir.mkdir(parents=True, exist_ok=True)
+    (notebooks_dir / RECORD).write_text(json.dumps(record, indent=1))
+    return record
+
+
+def check_fresh(notebooks_dir: Path, repo: Path = REPO) -> dict:
+    """The record of ``make main``'s execution, if it matches the working tree; else :class:`StaleNotebooks`."""
+    path = notebooks_dir / RECORD
+    if not path.exists():
+        raise StaleNotebooks(f"{path} is missing: run `make main` to execute the lessons, then `make site`")
+    record, now = json.loads(path.read_text()), tree_state(repo)
+    def state(s: dict) -> str:
+        return s.get("commit", "?")[:10] + (f" with uncommitted changes {s['changes']}" if s.get("changes") else "")
+
+    if (record.get("commit"), record.get("changes")) != (now["commit"], now["changes"]):
+        raise StaleNotebooks(f"the notebooks in {notebooks_dir} were executed from {state(record)}, the working tree "
+                             f"is {state(now)}: run `make main` again, then `make site`")
+    return record
+
+
+def install_mathjax(cache: Path) -> Path:
+    """MathJax's folder, installed from the npm registry into ``cache`` on the first build (the build's one step that
+    needs a network; later builds reuse it)."""
+    folder = cache / "node_modules" / "mathjax"
+    if not (folder / "MathJax.js").exists():
+        if shutil.which("npm") is None:
+            raise FileNotFoundError("the first `make site` installs MathJax with npm: install Node.js's npm")
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(cache), MATHJAX],
+                       check=True)
+    return folder
+
+
+def copy_mathjax(cache: Path, target: Path) -> None:
+    mathjax = install_mathjax(cache)
+    for name in MATHJAX_FILES:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (mathjax / name).is_dir() else shutil.copy)(mathjax / name, target / name)
+
+
+def lesson_map(readme: Path, lessons: list[str]) -> str:
+    """The README's lesson map, its links turned from notebooks into the site's pages (``lessons``, e.g.
+    ``"00_tiny_world.ipynb"``); a lesson the site does not have keeps its name without a link."""
+    table = readme.read_text().split("## Lesson map", 1)[1].split("\n\n", 2)[1]
+
+    def link(match: re.Match) -> str:
+        name = f"{match[2]}.ipynb"
+        return f"[{match[1]}]({name})" if name in lessons else match[1]
+
+    return re.sub(r"\[([^\]]+)\]\(notebooks/(\d\d_\w+)\.ipynb\)", link, table)
+
+
+def results_table(results_csv: Path) -> str:
+    """Lesson 08's results table as HTML: each measured value with its 95% interval."""
+    table = pd.read_csv(results_csv, index_col="method")
+    shown = pd.DataFrame(index=table.index)
+    for column in table.columns:
+        if column.endswith(("_lo", "_hi")):
+            continue
+        if f"{column}_lo" in table.columns:
+            shown[column] = [f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if pd.notna(lo) else f"{v:.3g}" for v, lo, hi in
+                             zip(table[column], table[f"{column}_lo"], table[f"{column}_hi"])]
+        else:
+            shown[column] = table[column].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
+    return shown.to_html(classes="results", border=0, escape=True)
+
+
+def page_notebook(source: Path, target: Path, record: dict) -> str:
+    """Copy an executed lesson for the site: the Colab badge drawn from the site's own copy, and a line under the
+    title with its source on GitHub and what it was executed from. Returns the lesson's title."""
+    nb = nbformat.read(source, as_version=4)
+    title_cell = nb.cells[0]
+    title = title_cell.source.splitlines()[0].lstrip("# ").strip()
+    title_cell.source = COLAB_BADGE.sub("assets/colab-badge.svg", title_cell.source)
+    provenance = (f"[Source on GitHub]({GITHUB}/blob/{record['commit']}/notebooks/{source.name}) · executed from "
+                  f"commit `{record['commit'][:10]}` on {record['date']}, profile `{record['profile']}`")
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell(provenance))
+    # progress bars are widgets in an executed notebook: keep their text, drop the widget state, which would make the
+    # page load the widget library from a CDN
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    nbformat.write(nb, target)
+    return title
+
+
+def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path) -> list[dict]:
+    """The site's sources: home page, one executed notebook per lesson, figures, MathJax. Returns the navigation."""
+    notebooks = sorted((runs / profile / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"no executed lessons in {runs / profile / 'notebooks'}: run `make main` first")
+    shutil.rmtree(docs, ignore_errors=True)
+    (docs / "assets").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "colab-badge.svg", docs / "assets" / "colab-badge.svg")
+    copy_mathjax(cache, docs / "assets" / "mathjax")
+    nav = [{"Home": "index.md"}]
+    for notebook in notebooks:
+        nav.append({page_notebook(notebook, docs / notebook.name, record): notebook.name})
+
+    home = ["# rrhf-lite: the course, executed", "",
+            f"Every lesson below as `make main` ran it on the `{profile}` profile, outputs included, from commit "
+            f"[`{record['commit'][:10]}`]({GITHUB}/tree/{record['commit']}) on {record['date']}. Open a lesson "
+            f"to read it; its *Open in Colab* badge runs it. The code: [{GITHUB}]({GITHUB}).", "",
+            "## Lessons", "", lesson_map(REPO / "README.md", [n.name for n in notebooks]), ""]
+    frontier = runs / profile / "figures" / "08_frontier.png"
+    if frontier.exists():
+        shutil.copy(frontier, docs / "assets" / frontier.name)
+        home += ["## The reward-KL frontier", "",
+                 f"![Gold reward against KL from the SFT model for every method](assets/{frontier.name})", ""]
+    results = runs / profile / "results.csv"
+    if results.exists():
+        home += ["## Every method side by side", "",
+                 "Lesson 08's results table: each measured value with its 95% bootstrap interval over held-out "
+                 "prompts.", "", results_table(results), ""]
+    (docs / "index.md").write_text("\n".join(home))
+    return nav
+
+
+def mkdocs_config(profile: str, docs: Path, site: Path, nav: list[dict], record: dict) -> dict:
+    return {
+        "site_name": "rrhf-lite",
+        "site_description": "Aligning language models with human preferences: every method, run for real",
+        "docs_dir": str(docs), "site_dir": str(site),
+        "use_directory_urls": False,  # pages side by side, so that one relative MathJax address serves them all
+        "nav": nav,
+        "copyright": html.escape(f"Built from commit {record['commit'][:10]} (executed {record['date']}), profile "
+                                 f"{profile}"),
+        "theme": {"name": "material", "font": False,  # no web fonts: nothing is fetched from another host
+                  "features": ["navigation.footer", "navigation.top"]},
+        "markdown_extensions": ["tables", "attr_list"],
+        "plugins": [{"search": {}},
+                    {"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": True,
+                                        "custom_mathjax_url": MATHJAX_URL}}],
+    }
+
+
+def build_site(profile: str = "tiny", runs: Path = REPO / "runs", out: Path | None = None,
+               cache: Path | None = None, repo: Path = REPO) -> Path:
+    """Build ``runs/<profile>/site`` (or ``out``) from the executed lessons; returns the site's folder. MathJax is
+    installed into ``cache`` (default ``runs/.site-cache``) on the first build."""
+    record = check_fresh(runs / profile / "notebooks", repo)
+    out = out or runs / profile / "site"
+    work = out.parent / f".{out.name}-build"
+    nav = write_docs(profile, runs, work / "docs", record, cache or runs / ".site-cache")
+    config = work / "mkdocs.yml"
+    config.write_text(yaml.safe_dump(mkdocs_config(profile, work / "docs", out, nav, record), sort_keys=False))
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "--strict", "--clean", "--config-file",
+                    str(config)], check=True, env=env, cwd=work)  # mkdocs-jupyter's cache goes to work/.cache
+    shutil.rmtree(work)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["build", "record"], help="build the site, or record (make main) which "
+                        "tree state the lessons are executed from")
+    parser.add_argument("--profile", default=os.environ.get("RRHF_LITE_PROFILE", "tiny"))
+    parser.add_argument("--runs", type=Path, default=REPO / "runs")
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        record_execution(args.runs / args.profile / "notebooks", args.profile)
+        return
+    try:
+        site = build_site(args.profile, args.runs)
+    except StaleNotebooks as e:
+        sys.exit(f"make site: {e}")
+    print(f"site: {site / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()
