@@ -220,11 +220,13 @@ def split_batches(loader: torch.utils.data.DataLoader, rank: int, world: int) ->
 
 
 def shard_weight(units: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
-    """What one process's loss is multiplied by so that DDP's average of the gradients is the whole batch's gradient.
+    """What one process's loss is multiplied by so that the average of the processes' gradients is the gradient of
+    the whole batch's loss.
 
     A process's loss is a mean over its ``units`` (rows or tokens) of the batch; the whole batch's loss is the mean over
-    all units, sum_p units_p * loss_p / sum_p units_p. DDP averages gradients over the N processes, so process p
-    contributes N * units_p / sum_p units_p times its loss (1 with one process).
+    all units, sum_p units_p * loss_p / sum_p units_p. The gradients are averaged over the N processes
+    (:func:`average_gradients`), so process p contributes N * units_p / sum_p units_p times its loss (1 with one
+    process).
     """
     units = units.to(accelerator.device, torch.float64)
     return (accelerator.num_processes * units / accelerator.reduce(units.clone(), "sum")).float()
