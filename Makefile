@@ -53,8 +53,7 @@ site: install
 # a time (--maxschedchunk 1), in the order tests/conftest.py sets: the long chain of tiny stages first on one worker,
 # the tests that need none of it on the other.
 test: install
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --maxschedchunk 1 --nbmake --nbmake-timeout=600 \
-	  --durations=15 tests notebooks
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --maxschedchunk 1 --durations=15 tests
 
 # Every method trained with SEEDS training seeds on the same SFT and reward model: means and intervals over seeds,
 # and which differences between methods are larger than their intervals (runs/$(PROFILE)/study.json; lesson 08 shows it).

@@ -51,20 +51,22 @@ def pytest_collection_modifyitems(items):
 
     The tiny profile's stages are the long pole: ``test_compare``'s table test builds the chain base -> SFT -> reward
     model -> samples and the stages only it and lesson 08 need, so it goes first, on one worker. The other worker
-    meanwhile runs what needs none of those stages: the real track's rehearsal (and the install and study tests), then
-    the unit tests. By then the chain is built, and it trains the four methods (``test_pipeline``) and runs the two
-    lessons that train most of their own (06's DPO data sets and beta sweep, 05's second PRO), so that the suite ends
-    on short tests that both workers share rather than on one long lesson. Within each group the order is kept.
+    meanwhile runs what needs none of those stages: the real track's rehearsal (its lessons, the install and study
+    tests), then the unit tests. By then the chain is built, and it trains the four methods (``test_pipeline``) and
+    runs the two tiny lessons that train most of their own (06's DPO data sets and beta sweep, 05's second PRO), so
+    that the suite ends on the other tiny lessons, short, which both workers share. Within each group the order is
+    kept.
     """
-    heavy_lessons = ("06_dpo.ipynb", "05_pro.ipynb")
-    needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile")
+    heavy_lessons = ("test_lesson[tiny-06_dpo]", "test_lesson[tiny-05_pro]")
+    needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-")
 
     def rank(item) -> int:
         if item.nodeid.endswith("test_results_table_on_the_tiny_profile"):
             return 0
-        if any(name in item.nodeid for name in ("test_rehearsal", "test_install", "test_study")):
+        if any(name in item.nodeid for name in ("test_rehearsal", "test_lesson[rehearsal-", "test_install",
+                                                "test_study")):
             return 1
-        if item.nodeid.startswith("tests/") and not any(name in item.nodeid for name in needs_tiny_stages):
+        if not any(name in item.nodeid for name in needs_tiny_stages):
             return 2
         if "test_method_raises_mean_gold_reward_over_sft" in item.nodeid:
             return 3

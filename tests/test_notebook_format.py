@@ -1,4 +1,4 @@
-"""Every lesson opens the same way and is committed without outputs (the lessons themselves run in nbmake)."""
+"""Every lesson opens the same way and is committed without outputs (tests/test_lessons.py runs them)."""
 
 import json
 from pathlib import Path

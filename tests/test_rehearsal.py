@@ -2,7 +2,7 @@
 
 ``rehearsal`` runs ``colab-t4``'s code (4-bit NF4 + LoRA, a Qwen2 base whose tokenizer has no pad token, HH-RLHF's raw
 format, a judge model with its own tokenizer and chat template) on local stand-ins; every lesson is executed on it
-by ``tests/test_rehearsal_notebooks.py``.
+by ``tests/test_lessons.py``.
 """
 
 import dataclasses

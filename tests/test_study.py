@@ -32,7 +32,7 @@ def test_differences_are_real_only_when_their_interval_excludes_zero():
 
 def test_study_on_the_rehearsal_profile():
     # the shared stage cache: the seed-0 runs, the SFT and reward models and the samples are the rehearsal lessons'
-    # (tests/test_rehearsal_notebooks.py), built once for both
+    # (tests/test_lessons.py), built once for both
     profile = get_profile("rehearsal")
     result = study.run_study(profile, seeds=2, progress=False)
     runs = pd.DataFrame(result["runs"])

@@ -1,9 +1,9 @@
-"""Every lesson executed on the ``rehearsal`` profile: the real track's code path, offline, in CI.
+"""Every lesson executed, on the ``tiny`` profile (what ``make main`` runs) and on ``rehearsal`` (the real track's code
+path, offline): each notebook runs top to bottom in a fresh kernel, from its own folder, with the profile in the
+kernel's environment, as ``make main`` runs it.
 
-nbmake executes the notebooks on the default (tiny) profile; this runs each one again with
-``RRHF_LITE_PROFILE=rehearsal`` in the kernel's environment. Executed copies are written to
-``runs/rehearsal/notebooks/`` for reading. A lesson prints what teaches and nothing else: anything on stderr but a
-progress bar (a library's warning or report, ours included) fails the test.
+A lesson prints what teaches and nothing else: anything on stderr but a progress bar (a library's warning or report,
+ours included) fails the test. Executed copies are written to ``runs/<profile>/notebooks/`` for reading.
 """
 
 import re
@@ -17,6 +17,7 @@ from rrhf_lite.profiles import get_profile
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 PROGRESS_BAR = re.compile(r"\d+%\|.*\|")  # what tqdm draws on stderr
+LESSONS = [(profile, path) for profile in ("tiny", "rehearsal") for path in NOTEBOOKS]
 
 
 def unexpected_stderr(notebook) -> list[str]:
@@ -26,9 +27,9 @@ def unexpected_stderr(notebook) -> list[str]:
             for line in output["text"].splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_lesson_runs_on_the_rehearsal_profile(path, monkeypatch):
-    monkeypatch.setenv("RRHF_LITE_PROFILE", "rehearsal")
+@pytest.mark.parametrize(("profile", "path"), LESSONS, ids=[f"{profile}-{path.stem}" for profile, path in LESSONS])
+def test_lesson(profile, path, monkeypatch):
+    monkeypatch.setenv("RRHF_LITE_PROFILE", profile)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
@@ -36,8 +37,8 @@ def test_lesson_runs_on_the_rehearsal_profile(path, monkeypatch):
     try:
         client.execute()
     finally:
-        out = get_profile("rehearsal").runs_path / "notebooks"
+        out = get_profile(profile).runs_path / "notebooks"
         out.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, out / path.name)
     said = unexpected_stderr(notebook)
-    assert not said, f"{path.name} wrote to stderr what the lesson does not expect:\n" + "\n".join(said[:10])
+    assert not said, f"{path.name} on {profile} wrote to stderr what it does not expect:\n" + "\n".join(said[:10])
