@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL  # tests/conftest.py
 from safetensors.torch import load_file
 
 from rrhf_lite import build
@@ -27,8 +28,8 @@ from rrhf_lite.stages import STAGE_FILE
 # A small course whose batches have odd sizes, so that the two processes get slices of unequal size (3 and 2 rows...)
 # and SFT's token mean has to be weighted across them.
 SMALL_COURSE = dict(
-    n_layer=2, hidden_size=64, intermediate_size=128, n_head=2, lora_r=4, lora_alpha=8, log_every=1, max_length=96,
-    tokenizer_vocab_size=400, pretrain_dialogues=200, pretrain_steps=3, pretrain_batch_size=8, pretrain_warmup_steps=1,
+    SMALL, log_every=1, max_length=96, tokenizer_vocab_size=400,
+    pretrain_dialogues=200, pretrain_steps=3, pretrain_batch_size=8, pretrain_warmup_steps=1,
     sft_examples=22, sft_steps=5, sft_batch_size=5, sft_warmup_steps=1,
     rm_pairs=20, rm_eval_pairs=8, rm_steps=4, rm_batch_size=5, rm_warmup_steps=1, rm_eval_every=2,
     sample_prompts=9, samples_per_prompt=2, base_samples_per_prompt=1, bon_n=2, bon_table_n=[2],

@@ -21,6 +21,9 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
+from rrhf_lite import compare
+from rrhf_lite.profiles import get_profile
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "website"))
 import make_site  # noqa: E402  (website/make_site.py: a script, not part of the package)
@@ -64,9 +67,11 @@ def build_small_site(runs: Path) -> Path:
     plt.plot([0, 1], [2, 3])
     plt.savefig(figures / "08_frontier.png")
     plt.close()
-    pd.DataFrame({"method": ["SFT", "DPO"], "gold_reward": [2.1, 3.0], "gold_reward_lo": [2.0, 2.8],
-                  "gold_reward_hi": [2.2, 3.2], "kl": [0.0, 0.4], "kl_lo": [0.0, 0.3], "kl_hi": [0.0, 0.5]}
-                 ).to_csv(runs / "tiny" / "results.csv", index=False)
+    # lesson 08's table, written by the function lesson 08 writes it with: SFT and one method, every column
+    table = pd.DataFrame({column: [0.5, 1.0] for column in compare.COLUMNS}, index=pd.Index(["SFT", "DPO"],
+                                                                                          name="method"))
+    table.loc["DPO", ["gold_reward", "gold_reward_lo", "gold_reward_hi"]] = [3.0, 2.8, 3.2]
+    compare.save_results(table, get_profile("tiny", runs_dir=str(runs)))
     make_site.record_execution(notebooks, "tiny")
     return make_site.build_site("tiny", runs, cache=REPO / "runs" / ".site-cache")  # MathJax, shared by runs
 
@@ -112,7 +117,7 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
     home = (site / "index.html").read_text()
     assert "00_tiny_world.html" in home and "08_side_by_side.html" in home
     assert "assets/08_frontier.png" in home and 'class="dataframe results"' in home
-    assert "3 [2.8, 3.2]" in home  # DPO's gold reward with its interval
+    assert "3.00 [2.80, 3.20]" in home  # DPO's gold reward with its interval, as lesson 08 shows it
     record = make_site.tree_state()
     for page in ("index.html", "00_tiny_world.html"):  # every page says what it was built from
         assert f"Built from commit {record['commit'][:10]}" in (site / page).read_text()

@@ -38,6 +38,9 @@ import nbformat
 import pandas as pd
 import yaml
 
+from rrhf_lite.compare import with_intervals
+from rrhf_lite.profiles import get_profile
+
 REPO = Path(__file__).resolve().parents[1]
 GITHUB = "https://github.com/rrhf-lite/rrhf-lite"
 RECORD = "executed.json"  # written beside the executed notebooks by `make main`
@@ -72,18 +75,20 @@ def record_execution(notebooks_dir: Path, profile: str, repo: Path = REPO) -> di
     return record
 
 
+def _describe(state: dict) -> str:
+    changes = state.get("changes")
+    return state.get("commit", "?")[:10] + (f" with uncommitted changes {changes}" if changes else "")
+
+
 def check_fresh(notebooks_dir: Path, repo: Path = REPO) -> dict:
     """The record of ``make main``'s execution, if it matches the working tree; else :class:`StaleNotebooks`."""
     path = notebooks_dir / RECORD
     if not path.exists():
         raise StaleNotebooks(f"{path} is missing: run `make main` to execute the lessons, then `make site`")
     record, now = json.loads(path.read_text()), tree_state(repo)
-    def state(s: dict) -> str:
-        return s.get("commit", "?")[:10] + (f" with uncommitted changes {s['changes']}" if s.get("changes") else "")
-
     if (record.get("commit"), record.get("changes")) != (now["commit"], now["changes"]):
-        raise StaleNotebooks(f"the notebooks in {notebooks_dir} were executed from {state(record)}, the working tree "
-                             f"is {state(now)}: run `make main` again, then `make site`")
+        raise StaleNotebooks(f"the notebooks in {notebooks_dir} were executed from {_describe(record)}, the working "
+                             f"tree is {_describe(now)}: run `make main` again, then `make site`")
     return record
 
 
@@ -120,18 +125,9 @@ def lesson_map(readme: Path, lessons: list[str]) -> str:
 
 
 def results_table(results_csv: Path) -> str:
-    """Lesson 08's results table as HTML: each measured value with its 95% interval."""
+    """Lesson 08's results table as HTML, as the lesson shows it: each measured value with its 95% interval."""
     table = pd.read_csv(results_csv, index_col="method")
-    shown = pd.DataFrame(index=table.index)
-    for column in table.columns:
-        if column.endswith(("_lo", "_hi")):
-            continue
-        if f"{column}_lo" in table.columns:
-            shown[column] = [f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if pd.notna(lo) else f"{v:.3g}" for v, lo, hi in
-                             zip(table[column], table[f"{column}_lo"], table[f"{column}_hi"])]
-        else:
-            shown[column] = table[column].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
-    return shown.to_html(classes="results", border=0, escape=True)
+    return with_intervals(table).round({"train_seconds": 1, "peak_memory_mb": 0}).to_html(classes="results", border=0)
 
 
 def page_notebook(source: Path, target: Path, record: dict) -> str:
@@ -204,12 +200,11 @@ def mkdocs_config(profile: str, docs: Path, site: Path, nav: list[dict], record:
     }
 
 
-def build_site(profile: str = "tiny", runs: Path = REPO / "runs", out: Path | None = None,
-               cache: Path | None = None, repo: Path = REPO) -> Path:
-    """Build ``runs/<profile>/site`` (or ``out``) from the executed lessons; returns the site's folder. MathJax is
-    installed into ``cache`` (default ``runs/.site-cache``) on the first build."""
-    record = check_fresh(runs / profile / "notebooks", repo)
-    out = out or runs / profile / "site"
+def build_site(profile: str = "tiny", runs: Path = REPO / "runs", cache: Path | None = None) -> Path:
+    """Build ``runs/<profile>/site`` from the executed lessons; returns the site's folder. MathJax is installed into
+    ``cache`` (default ``runs/.site-cache``) on the first build."""
+    record = check_fresh(runs / profile / "notebooks")
+    out = runs / profile / "site"
     work = out.parent / f".{out.name}-build"
     nav = write_docs(profile, runs, work / "docs", record, cache or runs / ".site-cache")
     config = work / "mkdocs.yml"
@@ -225,14 +220,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "record"], help="build the site, or record (make main) which "
                         "tree state the lessons are executed from")
-    parser.add_argument("--profile", default=os.environ.get("RRHF_LITE_PROFILE", "tiny"))
+    parser.add_argument("--profile", default=None, help="profile name (default: $RRHF_LITE_PROFILE or tiny)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
     args = parser.parse_args(argv)
+    profile = get_profile(args.profile).name
     if args.command == "record":
-        record_execution(args.runs / args.profile / "notebooks", args.profile)
+        record_execution(args.runs / profile / "notebooks", profile)
         return
     try:
-        site = build_site(args.profile, args.runs)
+        site = build_site(profile, args.runs)
     except StaleNotebooks as e:
         sys.exit(f"make site: {e}")
     print(f"site: {site / 'index.html'}")
