@@ -26,19 +26,29 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Lessons 00-03 each build on the one before (base model -> SFT -> reward model -> samples): one at a time, all
-# cores. Lessons 04-08 only share what 00-03 built, so on the tiny profile two of them run at once with one torch thread
-# each: these small models keep one thread busy but not two (one lesson on two threads does ~0.7x the work of two
-# lessons on one each). The stage cache's locks make two lessons that need the same stage take turns; 08 starts first,
-# it trains the most. On a GPU profile one at a time (JOBS=1): two lessons would hold two models in the GPU's memory.
+# cores. Lessons 04-08 only share what 00-03 built. On the tiny profile two processes then run at once, with one torch
+# thread each (these small models keep one thread busy but not two: one lesson on two threads does ~0.7x the work of
+# two lessons on one each): lessons 07, 06, 05, 04 one after the other, and beside them the stages that only lesson 08
+# needs (RRHF, its online round, the weak-KL PPO run), built by python -m rrhf_lite.build into the same stage cache
+# (log: runs/<profile>/notebooks/08_stages.log); then lesson 08, which finds every stage built. The two sides hold about the same
+# work (~7.5 min each); lesson 08 building its own stages after 04-07 would leave one core idle for minutes.
+# On a GPU profile one lesson at a time (JOBS=1): two processes would hold two models in the GPU's memory.
 JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
 LESSON := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute \
   --ExecutePreprocessor.timeout=1800 --output-dir runs/$(PROFILE)/notebooks
+BUILD_LOG := runs/$(PROFILE)/notebooks/08_stages.log
 main: install
 	$(LESSON) notebooks/0[0-3]_*.ipynb
 ifeq ($(JOBS),1)
 	$(LESSON) notebooks/0[4-8]_*.ipynb
 else
-	ls notebooks/0[4-8]_*.ipynb | sort -r | OMP_NUM_THREADS=1 xargs -P $(JOBS) -n 1 $(LESSON)
+	@echo "building lesson 08's own stages in the background (log: $(BUILD_LOG))"
+	OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build rrhf online ppo-weak > $(BUILD_LOG) 2>&1 & \
+	  build=$$!; \
+	  for lesson in notebooks/0[4-7]_*.ipynb; do echo $$lesson; done | sort -r | OMP_NUM_THREADS=1 xargs -n 1 $(LESSON); \
+	  lessons=$$?; wait $$build || { echo "background build failed: see $(BUILD_LOG)"; tail -20 $(BUILD_LOG); exit 1; }; \
+	  exit $$lessons
+	$(LESSON) notebooks/08_side_by_side.ipynb
 endif
 	$(PY) website/make_site.py record --profile $(PROFILE)
 	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"

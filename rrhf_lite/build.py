@@ -2,7 +2,7 @@
 
     python -m rrhf_lite.build sft reward samples dpo rrhf --profile gpu-24gb
     accelerate launch --num_processes 2 -m rrhf_lite.build sft reward samples dpo rrhf --profile gpu-24gb
-    python -m rrhf_lite.build ppo --profile gpu-24gb        # PPO trains on one process only
+    python -m rrhf_lite.build ppo ppo-weak --profile gpu-24gb   # PPO trains on one process only
 
 Each stage is loaded if it is cached and built otherwise (with whatever it needs first), exactly as a lesson asks
 for it, so the lessons then find it in ``runs/``. Under ``accelerate launch`` every process trains on its slice of
@@ -17,7 +17,7 @@ import dataclasses
 import json
 
 from . import pipeline
-from .profiles import get_profile
+from .profiles import get_profile, weak_kl_profile
 
 STAGES = {
     "base": pipeline.base_model_path,
@@ -29,6 +29,8 @@ STAGES = {
     **{f"dpo-{data}": (lambda profile, force, data=data: pipeline.method_stage(profile, "dpo", data, force=force))
        for data in pipeline.DPO_DATA},
     "ppo": lambda profile, force: pipeline.method_stage(profile, "ppo", force=force),
+    # lesson 08's PPO run with a weak, fixed KL penalty (profiles.weak_kl_profile)
+    "ppo-weak": lambda profile, force: pipeline.method_stage(weak_kl_profile(profile), "ppo", force=force),
     "online": pipeline.online_stage,
 }
 STAGES["dpo"] = STAGES["dpo-pairs"]

@@ -155,11 +155,12 @@ def sft_stage(profile, force: bool = False) -> Path:
         lambda out, ckpt: train_sft(profile, base, sft_data(profile), out, checkpoint_dir=ckpt), force)
 
 
-def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path) -> None:
-    """Train a reward model from the SFT model on ``train_pairs`` (held-out accuracy on the test comparisons) into
-    ``out``: its adapter and ``history.json``, and ``normalisation.json`` for :func:`proxy_scorer`."""
+def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path, eval_every: int | None = None) -> None:
+    """Train a reward model from the SFT model on ``train_pairs`` (held-out accuracy on the test comparisons, every
+    ``eval_every`` steps as :func:`~rrhf_lite.reward.train_reward_model`) into ``out``: its adapter and
+    ``history.json``, and ``normalisation.json`` for :func:`proxy_scorer`."""
     eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
-    train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt)
+    train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt, eval_every=eval_every)
     (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
 
 
@@ -415,8 +416,9 @@ def online_stage(profile, force: bool = False) -> Path:
             run_round(profile, method=method, sft_model=sft / "model", policy_adapter=first / "adapter",
                       rankings=load_samples(profile, "rankings"),
                       old_pairs=preference_data(profile, "train", profile.rm_pairs), gold_fn=gold_fn,
-                      train_reward=lambda pairs, folder, checkpoints: train_reward_folder(profile, sft, pairs, folder,
-                                                                                         checkpoints),
+                      # held-out accuracy once, at the end: lesson 08 shows that one (the curve is lesson 02's)
+                      train_reward=lambda pairs, folder, checkpoints: train_reward_folder(
+                          profile, sft, pairs, folder, checkpoints, eval_every=profile.rm_steps),
                       scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
 
     def evaluate_fn(out: Path) -> None:

@@ -88,10 +88,12 @@ def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[torch.Tensor,
 
 
 def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Path,
-                       checkpoint_dir: Path | None = None, progress: bool = True) -> list[dict]:
+                       checkpoint_dir: Path | None = None, progress: bool = True,
+                       eval_every: int | None = None) -> list[dict]:
     """Train a LoRA reward model from ``init_path`` (the SFT model) and save its adapter and head in ``out_dir``.
 
-    Held-out accuracy is evaluated during training; ``out_dir/history.json`` keeps the curves. Both datasets are
+    Held-out accuracy is evaluated every ``eval_every`` steps (default ``profile.rm_eval_every``) and after the last
+    one; ``out_dir/history.json`` keeps the curves. Both datasets are
     checked first (:func:`rrhf_lite.data.validate_preference_dataset`; empty replies are kept, with a warning).
     """
     validate_preference_dataset(train_pairs, allow_empty_responses=True)
@@ -110,7 +112,8 @@ def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Pat
     history = train(model, batches, functools.partial(reward_step, center_coef=profile.rm_center_coef),
                     steps=profile.rm_steps, lr=profile.rm_lr, warmup_steps=profile.rm_warmup_steps,
                     weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
-                    log_every=profile.log_every, eval_fn=held_out_accuracy, eval_every=profile.rm_eval_every,
+                    log_every=profile.log_every, eval_fn=held_out_accuracy,
+                    eval_every=profile.rm_eval_every if eval_every is None else eval_every,
                     checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every, seed=profile.seed,
                     desc="reward model", progress=progress)
     save_run(out_dir, model, tokenizer, history)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rrhf_lite import compare, pipeline
+from rrhf_lite import build, compare, pipeline
 from rrhf_lite.best_of_n import best_of_n_expectation
 from rrhf_lite.online import label_pairs, ranks_like_gold
 from rrhf_lite.profiles import get_profile
@@ -115,10 +115,12 @@ def test_weak_kl_profile_changes_only_ppo_s_kl_penalty_length_learning_rate_and_
 def test_results_table_on_the_tiny_profile(tmp_path):
     """The real table, from the shared stage cache: every method present, sane numbers, saved and read back."""
     profile = get_profile("tiny")
-    # The stages that only this table and lesson 08 need, first: meanwhile the other pytest worker builds the methods
-    # that tests/test_pipeline.py asks for (RRHF, PRO, DPO, PPO), so the two workers build different stages.
-    pipeline.online_stage(profile)
-    pipeline.method_stage(compare.weak_kl_profile(profile), "ppo")
+    # The stages that only this table and lesson 08 need, first, built as make main builds them beside lessons 04-07:
+    # meanwhile the other pytest worker builds the methods that tests/test_pipeline.py asks for (RRHF, PRO, DPO, PPO),
+    # so the two workers build different stages. Lesson 08 then finds them under the keys it asks for.
+    built = build.main(["rrhf", "online", "ppo-weak", "--profile", "tiny"])
+    assert built["online"] == str(pipeline.online_stage(profile))
+    assert built["ppo-weak"] == str(pipeline.method_stage(compare.weak_kl_profile(profile), "ppo"))
     table = compare.results_table(profile)
     expected = {"SFT", "RRHF", "PRO", "DPO", "PPO", "PPO, weak KL", "RRHF, online round",
                 *(f"best-of-{n}" for n in profile.bon_table_n)}
