@@ -30,8 +30,8 @@ $(VENV)/.installed: pyproject.toml
 # thread each (these small models keep one thread busy but not two: one lesson on two threads does ~0.7x the work of
 # two lessons on one each): lessons 07, 06, 05, 04 one after the other, and beside them the stages that only lesson 08
 # needs (RRHF, its online round, the weak-KL PPO run), built by python -m rrhf_lite.build into the same stage cache
-# (log: runs/<profile>/notebooks/08_stages.log); then lesson 08, which finds every stage built. The two sides hold about the same
-# work (~7.5 min each); lesson 08 building its own stages after 04-07 would leave one core idle for minutes.
+# (log: runs/<profile>/notebooks/08_stages.log); then lesson 08, which finds every stage built. The two sides hold
+# about the same work (~7.5 min each); lesson 08 building its own stages after 04-07 left one core idle for minutes.
 # On a GPU profile one lesson at a time (JOBS=1): two processes would hold two models in the GPU's memory.
 JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
 LESSON := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter nbconvert --to notebook --execute \
