@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .data import parse_turns
+from .logprobs import in_given_order, length_batches
 from .models import default_device, quiet_loading
 
 
@@ -43,7 +44,8 @@ def render(tokenizer, prompt: str, reply: str) -> str:
 @torch.no_grad()
 def judge_scores(model, tokenizer, prompts: list[str], replies: list[str], max_length: int,
                  batch_size: int = 16) -> torch.Tensor:
-    """The judge's raw score of every (prompt, reply), ``[N]`` on the CPU.
+    """The judge's raw score of every (prompt, reply), ``[N]`` on the CPU, in batches of similar length
+    (:func:`rrhf_lite.logprobs.length_batches`: HH-RLHF's dialogues run from one turn to many).
 
     Dialogues longer than ``max_length`` tokens lose their start (the reply is what is judged). Without a pad token
     the judge reads one dialogue at a time, so no padding can be mistaken for text.
@@ -51,15 +53,17 @@ def judge_scores(model, tokenizer, prompts: list[str], replies: list[str], max_l
     if tokenizer.pad_token_id is None:
         batch_size = 1
     old_side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
-    scores = []
+    # a chat template writes every special token the judge expects (a bos, say): add none twice
+    encode = dict(add_special_tokens=not tokenizer.chat_template, truncation=True, max_length=max_length)
     try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [render(tokenizer, p, r) for p, r in zip(prompts[start:start + batch_size],
-                                                              replies[start:start + batch_size])]
-            # a chat template writes every special token the judge expects (a bos, say): add none twice
-            enc = tokenizer(texts, add_special_tokens=not tokenizer.chat_template, truncation=True,
-                            max_length=max_length, padding=len(texts) > 1, return_tensors="pt").to(model.device)
+        texts = [render(tokenizer, p, r) for p, r in zip(prompts, replies)]
+        batches = length_batches([len(ids) for ids in tokenizer(texts, **encode)["input_ids"]] if texts else [],
+                                 batch_size)
+        scores = []
+        for rows in batches:
+            enc = tokenizer([texts[i] for i in rows], **encode, padding=len(rows) > 1,
+                            return_tensors="pt").to(model.device)
             scores.append(model(**enc, use_cache=False).logits[:, 0].float().cpu())
     finally:
         tokenizer.truncation_side = old_side
-    return torch.cat(scores) if scores else torch.zeros(0)
+    return in_given_order(batches, scores)

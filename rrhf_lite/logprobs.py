@@ -212,21 +212,45 @@ def sampled_batch(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> 
     return pad_batch(rows, tokenizer.pad_token_id, side="right")
 
 
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices ``0 .. len(lengths) - 1`` in batches of ``batch_size``, shortest sequences first (a stable sort).
+
+    A batch is padded to its longest sequence, so batches of sequences of similar length spend less compute on
+    padding: on the tiny world's comparisons about half the tokens of a batch in the given order are padding, and
+    scoring them in length order takes less than half the time. For passes without gradients, whose results are put
+    back in the given order (:func:`in_given_order`); a sequence's numbers then differ from those of another batching
+    only in the last bits of float32 (a batched matrix product is not bitwise the same for every batch it is part of).
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def in_given_order(batches: list[list[int]], values: list[torch.Tensor]) -> torch.Tensor:
+    """The per-sequence ``values`` computed for :func:`length_batches`, concatenated back into the given order."""
+    flat = torch.cat(values) if values else torch.empty(0)
+    out = torch.empty_like(flat)
+    out[torch.tensor([i for batch in batches for i in batch], dtype=torch.long)] = flat
+    return out
+
+
 @torch.no_grad()
 def sampled_logprobs(model, tokenizer, prompts: list[str], reply_ids: list[list[int]], temperature: float = 1.0,
                      batch_size: int = 64) -> torch.Tensor:
     """``log pi(y | x)`` at ``temperature`` of exactly the sampled ids ``y`` (:func:`sampled_batch`), summed over each
-    reply's tokens: a ``[len(prompts)]`` tensor on the CPU; no gradients."""
+    reply's tokens: a ``[len(prompts)]`` tensor on the CPU; no gradients. Batched in length order
+    (:func:`length_batches`)."""
     if len(prompts) != len(reply_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(reply_ids)} replies")
     was_training = model.training
     model.eval()
-    sums = []
-    for start in range(0, len(prompts), batch_size):
-        batch = sampled_batch(tokenizer, prompts[start:start + batch_size], reply_ids[start:start + batch_size])
+    lengths = [len(ids) + len(reply) for ids, reply in zip(tokenizer(list(prompts))["input_ids"], reply_ids)] \
+        if prompts else []
+    batches, sums = length_batches(lengths, batch_size), []
+    for rows in batches:
+        batch = sampled_batch(tokenizer, [prompts[i] for i in rows], [reply_ids[i] for i in rows])
         sums.append(sequence_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}, temperature).sum.cpu())
     model.train(was_training)
-    return torch.cat(sums)
+    return in_given_order(batches, sums)
 
 
 @torch.no_grad()
@@ -236,19 +260,20 @@ def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str]
 
     What DPO's reference cache, perplexity filtering and KL estimates need. Returns two ``[len(prompts)]`` tensors
     on the CPU. Perplexity is ``exp(-sum / count)``. ``temperature`` divides the logits (see
-    :func:`sequence_logprobs`): the policy that *samples* at temperature T is softmax(logits / T).
+    :func:`sequence_logprobs`): the policy that *samples* at temperature T is softmax(logits / T). Batched in length
+    order (:func:`length_batches`).
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     was_training = model.training
     model.eval()
-    sums, counts = [], []
-    for start in range(0, len(prompts), batch_size):
-        rows = [tokenize_pair(tokenizer, p, r, max_length)
-                for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-        batch = {k: v.to(model.device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
+    rows = [tokenize_pair(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    batches, sums, counts = length_batches([len(r["input_ids"]) for r in rows], batch_size), [], []
+    for indices in batches:
+        batch = {k: v.to(model.device) for k, v in pad_batch([rows[i] for i in indices],
+                                                             tokenizer.pad_token_id).items()}
         out = sequence_logprobs(model, batch, temperature=temperature)
         sums.append(out.sum.cpu())
         counts.append(out.count.cpu())
     model.train(was_training)
-    return torch.cat(sums), torch.cat(counts)
+    return in_given_order(batches, sums), in_given_order(batches, counts)

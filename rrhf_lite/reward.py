@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import pad_batch, tokenize_pair
+from .logprobs import in_given_order, length_batches, pad_batch, tokenize_pair
 from .loop import save_run, train
 from .losses import reward_loss
 from .models import load_for_training
@@ -67,17 +67,17 @@ def reward_step(model, batch: dict, center_coef: float = 0.0) -> tuple[torch.Ten
 @torch.no_grad()
 def score(model, tokenizer, prompts: list[str], replies: list[str], max_length: int,
           batch_size: int = 64) -> torch.Tensor:
-    """Reward of each (prompt, reply), in batches, without gradients."""
+    """Reward of each (prompt, reply), without gradients, in batches of similar length
+    (:func:`rrhf_lite.logprobs.length_batches`: less padding to compute)."""
     was_training = model.training
     model.eval()
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        seqs = [tokenize_pair(tokenizer, p, r, max_length)["input_ids"]
-                for p, r in zip(prompts[start:start + batch_size], replies[start:start + batch_size])]
-        batch = {k: v.to(model.device) for k, v in pad_sequences(seqs, tokenizer.pad_token_id).items()}
-        out.append(rewards(model, batch).cpu())
+    seqs = [tokenize_pair(tokenizer, p, r, max_length)["input_ids"] for p, r in zip(prompts, replies)]
+    batches, out = length_batches([len(s) for s in seqs], batch_size), []
+    for rows in batches:
+        batch = pad_sequences([seqs[i] for i in rows], tokenizer.pad_token_id)
+        out.append(rewards(model, {k: v.to(model.device) for k, v in batch.items()}).cpu())
     model.train(was_training)
-    return torch.cat(out)
+    return in_given_order(batches, out)
 
 
 def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,17 @@ import math
 import pytest
 import torch
 
-from rrhf_lite.logprobs import head_logprobs, pad_batch, position_ids_from_mask, sequence_logprobs, tokenize_pair
+from rrhf_lite.logprobs import (
+    head_logprobs,
+    in_given_order,
+    length_batches,
+    pad_batch,
+    position_ids_from_mask,
+    response_logprobs,
+    sampled_logprobs,
+    sequence_logprobs,
+    tokenize_pair,
+)
 from rrhf_lite.models import build_tiny_model, build_tokenizer
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.world import TinyWorld
@@ -57,6 +67,28 @@ def test_batched_equals_naive_loop(tok_and_model, side):
         assert out.count[i].item() == count
         assert out.sum[i].item() == pytest.approx(expected, abs=1e-4)
         assert out.mean[i].item() == pytest.approx(expected / count, abs=1e-5)
+
+
+def test_length_batches_sort_by_length_and_in_given_order_puts_values_back():
+    batches = length_batches([5, 2, 9, 2, 7], batch_size=2)
+    assert batches == [[1, 3], [0, 4], [2]]  # shortest first, ties in the given order
+    values = [torch.tensor([2.0, 2.5]), torch.tensor([5.0, 7.0]), torch.tensor([9.0])]
+    assert in_given_order(batches, values).tolist() == [5.0, 2.0, 9.0, 2.5, 7.0]
+    assert length_batches([], 4) == [] and in_given_order([], []).numel() == 0
+
+
+def test_logprobs_of_many_pairs_batched_by_length_keep_the_given_order(tok_and_model):
+    tokenizer, model = tok_and_model
+    pairs = PAIRS + [(p, r + r) for p, r in PAIRS]  # six lengths, not sorted, in batches of two
+    prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+    sums, counts = response_logprobs(model, tokenizer, prompts, responses, 128, batch_size=2)
+    sampled = sampled_logprobs(model, tokenizer, prompts, [tokenizer(r, add_special_tokens=False)["input_ids"]
+                                                           + [tokenizer.eos_token_id] for r in responses], batch_size=2)
+    for i, (p, r) in enumerate(pairs):
+        expected, count = naive_logprob(model, tokenizer, p, r)
+        assert counts[i].item() == count
+        assert sums[i].item() == pytest.approx(expected, abs=1e-4)
+        assert sampled[i].item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_padding_never_counts(tok_and_model):

@@ -8,7 +8,7 @@ from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.losses import sft_loss
 from rrhf_lite.models import load_for_training, load_tokenizer, merge_adapter
 from rrhf_lite.profiles import get_profile
-from rrhf_lite.reward import collate_comparisons, reward_step, tokenize_comparisons
+from rrhf_lite.reward import collate_comparisons, reward_step, score, tokenize_comparisons
 from rrhf_lite.world import TinyWorld
 
 
@@ -50,6 +50,17 @@ def test_reward_reads_the_last_real_token_whatever_the_padding(saved_model):
         together = model(**batch).logits.squeeze(-1)
         alone = [model(input_ids=torch.tensor([r[k]])).logits.item() for k in ("chosen", "rejected") for r in rows]
     assert together.tolist() == pytest.approx([alone[i] for i in (0, 1, 2, 3, 4, 5)], abs=1e-5)
+
+
+def test_score_batches_by_length_and_returns_rewards_in_the_given_order(saved_model):
+    model, tokenizer = load_for_training(saved_model, get_profile("tiny", **SMALL), head="reward")
+    pairs = TinyWorld(seed=0).preference_dataset(5)
+    prompts, replies = list(pairs["prompt"]) * 2, list(pairs["chosen"]) + list(pairs["rejected"])
+    rewards = score(model.eval(), tokenizer, prompts, replies, 96, batch_size=3)  # 10 replies, 4 batches by length
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([tokenize_pair(tokenizer, p, r, 96)["input_ids"]])).logits.item()
+                 for p, r in zip(prompts, replies)]
+    assert rewards.tolist() == pytest.approx(alone, abs=1e-5)
 
 
 def test_adapter_save_reload_and_merge_give_the_same_model(saved_model, tmp_path):

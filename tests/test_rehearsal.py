@@ -77,6 +77,9 @@ def test_the_judge_reads_dialogues_in_its_own_chat_template(profile):
     batched = judge_scores(model, tokenizer, prompts, replies, max_length=512, batch_size=3)
     alone = torch.cat([judge_scores(model, tokenizer, [p], [r], max_length=512) for p, r in zip(prompts, replies)])
     assert torch.allclose(batched, alone, atol=1e-5)  # padding changes nothing: the head reads the last real token
+    # in batches of two, shortest first (the third, the second): the scores still come back in the given order
+    assert torch.allclose(judge_scores(model, tokenizer, prompts, replies, max_length=512, batch_size=2), alone,
+                          atol=1e-5)
     tokenizer.pad_token = None  # a judge without a pad token reads one dialogue at a time
     assert torch.allclose(judge_scores(model, tokenizer, prompts, replies, max_length=512), alone, atol=1e-5)
 
