@@ -45,7 +45,7 @@ else
 	@echo "building lesson 08's own stages in the background (log: $(BUILD_LOG))"
 	OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build rrhf online ppo-weak > $(BUILD_LOG) 2>&1 & \
 	  build=$$!; \
-	  for lesson in notebooks/0[4-7]_*.ipynb; do echo $$lesson; done | sort -r | OMP_NUM_THREADS=1 xargs -n 1 $(LESSON); \
+	  ls notebooks/0[4-7]_*.ipynb | sort -r | OMP_NUM_THREADS=1 xargs -n 1 $(LESSON); \
 	  lessons=$$?; wait $$build || { echo "background build failed: see $(BUILD_LOG)"; tail -20 $(BUILD_LOG); exit 1; }; \
 	  exit $$lessons
 	$(LESSON) notebooks/08_side_by_side.ipynb

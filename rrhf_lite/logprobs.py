@@ -197,19 +197,21 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], temperature: float 
     return SequenceLogprobs(token_logps=logps, mask=mask, sum=logps.sum(-1), count=mask.sum(-1))
 
 
-def sampled_batch(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Prompt token ids + *sampled* reply ids, right-padded, with a response mask on the reply tokens.
+def sampled_rows(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> list[dict]:
+    """Prompt token ids + *sampled* reply ids, one row each, with a response mask on the reply tokens.
 
     The prompt is tokenised as ``generate`` tokenised it and the reply is exactly the ids the model drew (its
-    ``<|eos|>`` only if it drew one), so log-probs of this batch are log-probs of what was sampled. Decoding the reply
+    ``<|eos|>`` only if it drew one), so log-probs of these rows are log-probs of what was sampled. Decoding the reply
     to text and tokenising it again can give other ids, and appending an ``<|eos|>`` to a reply that never ended
     charges it a token it never sampled.
     """
-    rows = []
-    for prompt, reply in zip(prompts, reply_ids):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        rows.append({"input_ids": prompt_ids + list(reply), "response_mask": [0] * len(prompt_ids) + [1] * len(reply)})
-    return pad_batch(rows, tokenizer.pad_token_id, side="right")
+    return [{"input_ids": prompt_ids + list(reply), "response_mask": [0] * len(prompt_ids) + [1] * len(reply)}
+            for prompt_ids, reply in zip(tokenizer(list(prompts))["input_ids"] if prompts else [], reply_ids)]
+
+
+def sampled_batch(tokenizer, prompts: list[str], reply_ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    """:func:`sampled_rows`, right-padded into one batch."""
+    return pad_batch(sampled_rows(tokenizer, prompts, reply_ids), tokenizer.pad_token_id, side="right")
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -234,26 +236,33 @@ def in_given_order(batches: list[list[int]], values: list[torch.Tensor]) -> torc
 
 
 @torch.no_grad()
+def _rows_logprobs(model, rows: list[dict], pad_token_id: int, batch_size: int,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and response token counts of tokenised ``rows``, batched in length order
+    (:func:`length_batches`), in the given order, on the CPU; no gradients."""
+    was_training = model.training
+    model.eval()
+    batches, sums, counts = length_batches([len(r["input_ids"]) for r in rows], batch_size), [], []
+    for indices in batches:
+        batch = pad_batch([rows[i] for i in indices], pad_token_id)
+        out = sequence_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}, temperature)
+        sums.append(out.sum.cpu())
+        counts.append(out.count.cpu())
+    model.train(was_training)
+    return in_given_order(batches, sums), in_given_order(batches, counts)
+
+
 def sampled_logprobs(model, tokenizer, prompts: list[str], reply_ids: list[list[int]], temperature: float = 1.0,
                      batch_size: int = 64) -> torch.Tensor:
-    """``log pi(y | x)`` at ``temperature`` of exactly the sampled ids ``y`` (:func:`sampled_batch`), summed over each
+    """``log pi(y | x)`` at ``temperature`` of exactly the sampled ids ``y`` (:func:`sampled_rows`), summed over each
     reply's tokens: a ``[len(prompts)]`` tensor on the CPU; no gradients. Batched in length order
     (:func:`length_batches`)."""
     if len(prompts) != len(reply_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(reply_ids)} replies")
-    was_training = model.training
-    model.eval()
-    lengths = [len(ids) + len(reply) for ids, reply in zip(tokenizer(list(prompts))["input_ids"], reply_ids)] \
-        if prompts else []
-    batches, sums = length_batches(lengths, batch_size), []
-    for rows in batches:
-        batch = sampled_batch(tokenizer, [prompts[i] for i in rows], [reply_ids[i] for i in rows])
-        sums.append(sequence_logprobs(model, {k: v.to(model.device) for k, v in batch.items()}, temperature).sum.cpu())
-    model.train(was_training)
-    return in_given_order(batches, sums)
+    return _rows_logprobs(model, sampled_rows(tokenizer, prompts, reply_ids), tokenizer.pad_token_id, batch_size,
+                          temperature)[0]
 
 
-@torch.no_grad()
 def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str], max_length: int,
                       batch_size: int = 64, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``log pi(y | x)`` summed over each response's tokens, and their count, for many pairs; no gradients.
@@ -265,15 +274,5 @@ def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str]
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    was_training = model.training
-    model.eval()
     rows = [tokenize_pair(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    batches, sums, counts = length_batches([len(r["input_ids"]) for r in rows], batch_size), [], []
-    for indices in batches:
-        batch = {k: v.to(model.device) for k, v in pad_batch([rows[i] for i in indices],
-                                                             tokenizer.pad_token_id).items()}
-        out = sequence_logprobs(model, batch, temperature=temperature)
-        sums.append(out.sum.cpu())
-        counts.append(out.count.cpu())
-    model.train(was_training)
-    return in_given_order(batches, sums), in_given_order(batches, counts)
+    return _rows_logprobs(model, rows, tokenizer.pad_token_id, batch_size, temperature)

@@ -342,9 +342,9 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
         stop = functools.partial(_stop, desc, step=step + 1, checkpoint_dir=checkpoint_dir, checkpoint_step=saved_step)
         weighted = loss
         if sharded:  # this process's share of the batch's loss, and the batch's loss and metrics for the history
-            units = torch.as_tensor(loss_units(batch) if loss_units else rows)
-            weighted = loss * shard_weight(units, accelerator)
             row_weight = shard_weight(torch.as_tensor(rows), accelerator)
+            weighted = loss * (shard_weight(torch.as_tensor(loss_units(batch)), accelerator) if loss_units
+                               else row_weight)
             loss, metrics = _batch_values(weighted.detach(), metrics, row_weight, accelerator)
             if not torch.isfinite(loss):  # every process stops at the same step, none waits for the others
                 raise stop("the loss", loss.item())
