@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import DataCollatorForLanguageModeling
 
+from .logprobs import length_grouped
 from .loop import save_run, train
 from .models import build_tiny_model, build_tokenizer
 from .world import TinyWorld
@@ -34,8 +36,18 @@ def lm_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, se
 
 
 def lm_step(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Causal-LM loss: transformers shifts the labels and averages the cross-entropy over non-padding tokens."""
-    return model(**batch).loss, {}
+    """Causal-LM loss: the cross-entropy of every token given the ones before it, averaged over the batch's predicted
+    tokens (padding is not predicted), as transformers computes it from ``labels``. The rows run in two groups of
+    similar length (:func:`~rrhf_lite.logprobs.length_grouped`), so the sum over each row's tokens is taken here."""
+
+    def summed_nll(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # [rows]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+        return (nll * attention_mask[:, 1:]).sum(-1)
+
+    if not torch.equal(batch["labels"] != -100, batch["attention_mask"].bool()):
+        raise ValueError("lm_step predicts every token the attention mask keeps: labels must be -100 on padding only")
+    return length_grouped(summed_nll, batch).sum() / predicted_tokens(batch), {}
 
 
 def predicted_tokens(batch: dict) -> torch.Tensor:

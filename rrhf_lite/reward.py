@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import in_given_order, length_batches, pad_batch, tokenize_pair
+from .logprobs import in_given_order, length_batches, length_grouped, pad_batch, tokenize_pair
 from .loop import save_run, train
 from .losses import reward_loss
 from .models import load_for_training
@@ -52,9 +52,11 @@ def collate_comparisons(rows: list[dict], pad_token_id: int) -> dict[str, torch.
 
 
 def rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``r(x, y)`` for every sequence of a right-padded batch: the head's output at the last non-padding token."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 use_cache=False).logits.squeeze(-1).float()
+    """``r(x, y)`` for every sequence of a right-padded batch: the head's output at the last non-padding token.
+    Rows run in two groups of similar length where that spares much padding
+    (:func:`~rrhf_lite.logprobs.length_grouped`)."""
+    return length_grouped(lambda input_ids, attention_mask: model(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.squeeze(-1).float(), batch)
 
 
 def reward_step(model, batch: dict, center_coef: float = 0.0) -> tuple[torch.Tensor, dict]:

@@ -11,6 +11,7 @@ from rrhf_lite.logprobs import (
     head_logprobs,
     in_given_order,
     length_batches,
+    length_grouped,
     pad_batch,
     position_ids_from_mask,
     response_logprobs,
@@ -195,3 +196,56 @@ def test_lora_gradients_equal_those_through_the_full_logits(tok_and_model):
     mask = batch["response_mask"][:, 1:]
     (torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0] * mask).sum().backward()
     assert all(torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4) for a, p in zip(ours, trainable))
+
+
+def test_length_grouped_runs_two_groups_cut_to_their_longest_row_and_keeps_the_order():
+    lengths = [6, 2, 6, 3, 2]
+    batch = pad_batch([{"input_ids": list(range(10 * i + 1, 10 * i + 1 + n))} for i, n in enumerate(lengths)], 0)
+    widths = []
+
+    def echo(input_ids, attention_mask):  # per token, so that order and padding can be read back
+        widths.append(input_ids.shape[1])
+        return (input_ids * attention_mask).float()
+
+    out = length_grouped(echo, batch)
+    assert sorted(widths) == [3, 6]  # the three short rows cut to 3 tokens, the two long ones at 6
+    assert torch.equal(out, (batch["input_ids"] * batch["attention_mask"]).float())
+    per_row = length_grouped(lambda ids, mask: (ids * mask).sum(-1), batch)
+    assert torch.equal(per_row, (batch["input_ids"] * batch["attention_mask"]).sum(-1))
+
+
+def test_length_grouped_keeps_one_pass_when_a_split_spares_little_or_the_padding_is_on_the_left():
+    def shapes(batch, min_saved):
+        seen = []
+
+        def forward(input_ids, attention_mask):
+            seen.append(input_ids.shape)
+            return input_ids.float()
+
+        length_grouped(forward, batch, min_saved=min_saved)
+        return seen
+
+    rows = [{"input_ids": [1] * n} for n in (6, 2, 6, 3, 2)]
+    for batch, min_saved in ((pad_batch(rows, 0, side="left"), 0.0), (pad_batch(rows, 0), 0.9),
+                             (pad_batch([{"input_ids": [1] * 5}] * 4, 0), 0.0)):
+        assert shapes(batch, min_saved) == [batch["input_ids"].shape]
+    assert len(shapes(pad_batch(rows, 0), 0.2)) == 2
+
+
+def test_grouped_forward_gives_the_one_pass_logprobs_and_gradients(tok_and_model, monkeypatch):
+    tokenizer, model = tok_and_model
+    pairs = PAIRS + [(p, r + r + r) for p, r in PAIRS]
+    batch = pad_batch([tokenize_pair(tokenizer, p, r, 128) for p, r in pairs], tokenizer.pad_token_id)
+    model = copy.deepcopy(model)
+    model.get_output_embeddings().requires_grad_(False)  # as under LoRA (tied to the input embeddings here)
+    results = {}
+    for name, min_saved in (("grouped", 0.0), ("one pass", 2.0)):
+        monkeypatch.setattr("rrhf_lite.logprobs.MIN_PADDING_SAVED", min_saved)
+        model.zero_grad()
+        out = sequence_logprobs(model, batch)
+        out.sum.sum().backward()
+        results[name] = out.token_logps.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    (grouped, grouped_grads), (whole, whole_grads) = results["grouped"], results["one pass"]
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grouped_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

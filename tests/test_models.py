@@ -89,3 +89,24 @@ def test_a_fresh_reward_head_loads_quietly_and_other_missing_weights_are_refused
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="weights missing from the checkpoint"):
         load_model(broken, profile)
+
+
+def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():
+    from rrhf_lite.pretrain import lm_batches, lm_step
+
+    tokenizer = build_tokenizer(TinyWorld(seed=0).dialogues(3000), vocab_size=1024)  # other tests change the fixture's
+    texts = TinyWorld(seed=1).dialogues(16)
+    batch = next(iter(lm_batches(tokenizer, texts, batch_size=16, max_length=128, seed=0)))
+    lengths = batch["attention_mask"].sum(-1)
+    assert lengths.max() > 1.5 * lengths.float().median()  # enough padding for two groups
+    model = build_tiny_model(tokenizer, get_profile("tiny", **SMALL))
+    grads = []
+    for loss in (lm_step(model, batch)[0], model(**batch).loss):  # ours in two groups, transformers' in one pass
+        model.zero_grad()
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert loss.item() == pytest.approx(model(**batch).loss.item(), abs=1e-5)
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="labels must be -100 on padding only"):
+        lm_step(model, {**batch, "labels": batch["input_ids"]})
