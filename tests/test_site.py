@@ -49,10 +49,13 @@ def lesson(path: Path, number: str, title: str, cells: list[str]) -> None:
 
 
 def build_small_site(runs: Path) -> Path:
-    """A site built by make_site from two executed lessons, the frontier figure and a results table."""
-    notebooks, figures = runs / "tiny" / "notebooks", runs / "tiny" / "figures"
+    """A site built by make_site from two executed lessons, the frontier figure and a results table. The lessons
+    write figures and table into the profile's runs_path, here another folder than the executed notebooks' (as when
+    $RRHF_LITE_RUNS moves the stage cache)."""
+    profile = get_profile("tiny", runs_dir=str(runs / "stage-cache"))
+    notebooks, figures = runs / "tiny" / "notebooks", profile.runs_path / "figures"
     notebooks.mkdir(parents=True)
-    figures.mkdir()
+    figures.mkdir(parents=True)
     lesson(notebooks / "00_tiny_world.ipynb", "00", "The tiny world", [
         "## Bradley-Terry\n\nA labeller prefers $y_c$ with probability $\\sigma(r_c - r_r)$:\n\n"
         "$$P(y_c \\succ y_r) = \\frac{1}{1 + e^{-(r_c - r_r)}}.$$\n\n"
@@ -71,9 +74,10 @@ def build_small_site(runs: Path) -> Path:
     table = pd.DataFrame({column: [0.5, 1.0] for column in compare.COLUMNS}, index=pd.Index(["SFT", "DPO"],
                                                                                           name="method"))
     table.loc["DPO", ["gold_reward", "gold_reward_lo", "gold_reward_hi"]] = [3.0, 2.8, 3.2]
-    compare.save_results(table, get_profile("tiny", runs_dir=str(runs)))
+    compare.save_results(table, profile)
     make_site.record_execution(notebooks, "tiny")
-    return make_site.build_site("tiny", runs, cache=REPO / "runs" / ".site-cache")  # MathJax, shared by runs
+    return make_site.build_site("tiny", runs, cache=REPO / "runs" / ".site-cache",  # MathJax, shared by runs
+                                outputs=profile.runs_path)
 
 
 def test_the_build_refuses_notebooks_executed_from_another_commit(tmp_path):

@@ -150,8 +150,9 @@ def page_notebook(source: Path, target: Path, record: dict) -> str:
     return title
 
 
-def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path) -> list[dict]:
-    """The site's sources: home page, one executed notebook per lesson, figures, MathJax. Returns the navigation."""
+def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, outputs: Path) -> list[dict]:
+    """The site's sources: home page, one executed notebook per lesson, figures, MathJax. Returns the navigation.
+    ``outputs`` is the folder the lessons wrote their figures and results table into (``profile.runs_path``)."""
     notebooks = sorted((runs / profile / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no executed lessons in {runs / profile / 'notebooks'}: run `make main` first")
@@ -168,12 +169,12 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path) 
             f"[`{record['commit'][:10]}`]({GITHUB}/tree/{record['commit']}) on {record['date']}. Open a lesson "
             f"to read it; its *Open in Colab* badge runs it. The code: [{GITHUB}]({GITHUB}).", "",
             "## Lessons", "", lesson_map(REPO / "README.md", [n.name for n in notebooks]), ""]
-    frontier = runs / profile / "figures" / "08_frontier.png"
+    frontier = outputs / "figures" / "08_frontier.png"
     if frontier.exists():
         shutil.copy(frontier, docs / "assets" / frontier.name)
         home += ["## The reward-KL frontier", "",
                  f"![Gold reward against KL from the SFT model for every method](assets/{frontier.name})", ""]
-    results = runs / profile / "results.csv"
+    results = outputs / "results.csv"
     if results.exists():
         home += ["## Every method side by side", "",
                  "Lesson 08's results table: each measured value with its 95% bootstrap interval over held-out "
@@ -200,13 +201,16 @@ def mkdocs_config(profile: str, docs: Path, site: Path, nav: list[dict], record:
     }
 
 
-def build_site(profile: str = "tiny", runs: Path = REPO / "runs", cache: Path | None = None) -> Path:
+def build_site(profile: str = "tiny", runs: Path = REPO / "runs", cache: Path | None = None,
+               outputs: Path | None = None) -> Path:
     """Build ``runs/<profile>/site`` from the executed lessons; returns the site's folder. MathJax is installed into
-    ``cache`` (default ``runs/.site-cache``) on the first build."""
+    ``cache`` (default ``runs/.site-cache``) on the first build. The figures and the results table come from
+    ``outputs`` (default ``runs/<profile>``; ``make site`` passes the profile's ``runs_path``, which
+    ``$RRHF_LITE_RUNS`` moves)."""
     record = check_fresh(runs / profile / "notebooks")
     out = runs / profile / "site"
     work = out.parent / f".{out.name}-build"
-    nav = write_docs(profile, runs, work / "docs", record, cache or runs / ".site-cache")
+    nav = write_docs(profile, runs, work / "docs", record, cache or runs / ".site-cache", outputs or runs / profile)
     config = work / "mkdocs.yml"
     config.write_text(yaml.safe_dump(mkdocs_config(profile, work / "docs", out, nav, record), sort_keys=False))
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -224,11 +228,12 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile).name
+    outputs = get_profile(args.profile).runs_path  # where the lessons wrote figures and results.csv
     if args.command == "record":
         record_execution(args.runs / profile / "notebooks", profile)
         return
     try:
-        site = build_site(profile, args.runs)
+        site = build_site(profile, args.runs, outputs=outputs)
     except StaleNotebooks as e:
         sys.exit(f"make site: {e}")
     print(f"site: {site / 'index.html'}")
