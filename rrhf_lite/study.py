@@ -34,6 +34,7 @@ from .compare import fitted_curve, gold_fit, held_out_trajectory, sqrt_kl_fit
 from .pipeline import METHOD_FIELDS, method_stage
 from .plots import plot_study, save_figure
 from .profiles import get_profile
+from .provenance import code_hash
 from .stages import read_output
 
 # (row name, method, DPO data, profile fields changed) of the methods compared
@@ -120,9 +121,11 @@ def summarise(runs: pd.DataFrame, profile, seeds: int) -> dict:
 
 
 def settings(profile) -> dict:
-    """The profile fields every method's stages depend on: a study is shown only for the settings it was made with."""
+    """The profile fields every method's stages depend on, and the hash of the package's code that trains and
+    measures them (:func:`~rrhf_lite.provenance.code_hash`): a study is shown only for the settings and the code it
+    was made with, as a stage is only loaded for them."""
     fields = sorted({f for fields in METHOD_FIELDS.values() for f in fields} - {"method_seed"} | set(TRAJECTORY_FIELDS))
-    return {f: getattr(profile, f) for f in fields}
+    return {**{f: getattr(profile, f) for f in fields}, "code": code_hash(["study"])}
 
 
 def save_study(study: dict, profile) -> None:

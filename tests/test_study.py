@@ -57,4 +57,8 @@ def test_study_on_the_rehearsal_profile():
     assert (profile.runs_path / "figures" / "study_frontier.png").exists()
     assert study.load_study(get_profile("rehearsal", dpo_beta=0.5)) is None  # other settings
     assert study.load_study(get_profile("rehearsal", overopt_kl_coef=0.5)) is None
+    made_by_other_code = {**result, "settings": {**result["settings"], "code": "0" * 12}}
+    (profile.runs_path / "study.json").write_text(json.dumps(made_by_other_code, default=str))
+    assert study.load_study(profile) is None
+    study.save_study(result, profile)
     assert json.loads((profile.runs_path / "study.json").read_text())["profile"] == "rehearsal"
