@@ -166,13 +166,15 @@ def length_grouped(forward, batch: dict[str, torch.Tensor], min_saved: float | N
     padding: compute spent on nothing. Causal attention never looks right, so the real tokens of a right-padded row
     come out the same however much padding follows them: two groups (split where they spare the most tokens) hold the
     same rows, with the same loss and gradient, on fewer tokens. The numbers differ from the one-pass ones only in the
-    last bits of float32 (a matrix product is not bitwise the same for every batch it is part of). Outputs at padding
-    positions are zeros instead of whatever the model computed there: nothing may read them. One pass, as before, when
-    the split spares less than ``min_saved`` (default :data:`MIN_PADDING_SAVED`) of the tokens, or the batch is not
-    right-padded.
+    last bits of float32 (a matrix product is not bitwise the same for every batch it is part of). Outputs at the
+    padding positions a group was cut to are zeros, not whatever the model computed there: nothing may read them.
+    One pass, as before, when the split spares less than ``min_saved`` (default :data:`MIN_PADDING_SAVED`) of the
+    tokens, or the batch is not right-padded.
     """
     min_saved = MIN_PADDING_SAVED if min_saved is None else min_saved
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    if not bool((mask[:, 1:] <= mask[:, :-1]).all()):  # not right-padded: cutting would drop real tokens
+        return forward(input_ids, mask)
     rows, width = mask.shape
     lengths = mask.sum(-1)
     order = torch.argsort(lengths, stable=True)
@@ -180,9 +182,8 @@ def length_grouped(forward, batch: dict[str, torch.Tensor], min_saved: float | N
     # split before row i (1 <= i < rows): i rows padded to ordered[i - 1], the others to the longest
     cost, split = min(((i * ordered[i - 1] + (rows - i) * ordered[-1], i) for i in range(1, rows)),
                       default=(rows * width, 0))
-    right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
     saved = rows * width - cost
-    if not right_padded or saved <= 0 or saved < min_saved * rows * width:
+    if saved <= 0 or saved < min_saved * rows * width:
         return forward(input_ids, mask)
     parts = []
     for group in (order[:split], order[split:]):

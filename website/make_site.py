@@ -227,13 +227,12 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default=None, help="profile name (default: $RRHF_LITE_PROFILE or tiny)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile).name
-    outputs = get_profile(args.profile).runs_path  # where the lessons wrote figures and results.csv
+    profile = get_profile(args.profile)
     if args.command == "record":
-        record_execution(args.runs / profile / "notebooks", profile)
+        record_execution(args.runs / profile.name / "notebooks", profile.name)
         return
-    try:
-        site = build_site(profile, args.runs, outputs=outputs)
+    try:  # the figures and results.csv are where the lessons wrote them: the profile's runs_path
+        site = build_site(profile.name, args.runs, outputs=profile.runs_path)
     except StaleNotebooks as e:
         sys.exit(f"make site: {e}")
     print(f"site: {site / 'index.html'}")
