@@ -139,7 +139,7 @@ class Profile:
     dpo_label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
 
     # --- PPO (notebook 07): one base model, adapters for the rest ------------------------------------
-    ppo_iterations: int = 40  # rounds of (sample a rollout, score it, several epochs of updates)
+    ppo_iterations: int = 25  # rounds of (sample a rollout, score it, epochs of updates); KL is on target by ~10
     ppo_rollout_prompts: int = 64  # training prompts per rollout, one sampled reply each
     ppo_epochs: int = 3  # passes over each rollout
     ppo_minibatch_size: int = 16  # rollout replies per gradient step
@@ -160,9 +160,9 @@ class Profile:
 
     # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
     overopt_kl_coef: float = 0.02  # fixed beta of the weak-KL PPO run that over-optimises the reward model
-    overopt_iterations: int = 40  # PPO iterations of that run: long enough for gold to peak while proxy climbs
-    overopt_lr: float = 1e-4  # its learning rate: slow enough to see the gold rise before it falls
-    overopt_snapshot_every: int = 5  # its adapter is kept every this many iterations, measured on held-out prompts
+    overopt_iterations: int = 25  # PPO iterations of that run: long enough for gold to peak while proxy climbs
+    overopt_lr: float = 1.4e-4  # its learning rate (decayed linearly to 0): slow enough to see the gold rise first
+    overopt_snapshot_every: int = 3  # its adapter is kept every this many iterations, measured on held-out prompts
     online_method: str = "rrhf"  # the aligned policy that samples the online round's comparisons, trained again
     online_samples_per_prompt: int = 2  # replies it samples per training prompt: one fresh labelled pair each
     bon_table_n: tuple[int, ...] = (4, 16)  # best-of-n rows of the results table (n <= bon_n)
@@ -172,7 +172,7 @@ class Profile:
     max_new_tokens: int = 64  # longest sampled reply in tokens
     sample_temperature: float = 0.7  # temperature of every sample: candidates, best-of-n, evaluation, PPO rollouts
     eval_samples_per_prompt: int = 2  # replies per held-out prompt when a model is evaluated (less noise)
-    generation_batch_size: int = 128  # prompts per generate() call
+    generation_batch_size: int = 200  # prompts per generate() call (divides the 400 replies of an evaluation evenly)
 
     # --- where outputs go ---------------------------------------------------------------------------
     runs_dir: str = ""  # root of the stage cache; "" = default_runs_dir() ($RRHF_LITE_RUNS or <repo>/runs)
@@ -225,6 +225,10 @@ class ColabT4Profile(Profile):
     bon_n: int = 8  # samples per held-out prompt for best-of-n
     bon_table_n: tuple[int, ...] = (2, 8)  # best-of-n rows of the results table (n <= bon_n)
     generation_batch_size: int = 32  # prompts per generate() call: long HH prompts fill a T4 quickly
+    ppo_iterations: int = 40  # PPO rollouts of 64 prompts
+    overopt_iterations: int = 40  # iterations of the weak-KL PPO run (lesson 08)
+    overopt_lr: float = 1e-4  # its learning rate
+    overopt_snapshot_every: int = 5  # its adapter is kept every this many iterations
     eval_prompts: int = 100  # held-out HH-RLHF prompts to sample on
     max_new_tokens: int = 128  # HH replies are longer than the tiny world's
     log_every: int = 20  # record metrics every this many steps

@@ -52,6 +52,25 @@ def test_batched_left_padded_greedy_equals_one_at_a_time(tok_and_model):
     assert tokenizer.padding_side == "right"  # restored
 
 
+def test_static_cache_samples_the_tokens_of_the_default_cache(tok_and_model):
+    """generate_tokens preallocates the key/value cache (cache_implementation="static"); with the same seed it must
+    draw exactly the tokens that generate() draws with its default, growing cache, in a left-padded batch."""
+    tokenizer, model = tok_and_model
+    prompts = PROMPTS * 3
+    ours = generate_tokens(model, tokenizer, prompts, max_new_tokens=10, temperature=0.7, seed=5)
+    torch.manual_seed(5)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    tokenizer.padding_side = "right"
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=10, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
+                             repetition_penalty=1.0, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    default = [row[:row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row
+               for row in out[:, enc["input_ids"].shape[1]:].tolist()]
+    assert ours.reply_ids == default
+
+
 def test_sampling_is_seeded_and_candidates_are_grouped(tok_and_model):
     tokenizer, model = tok_and_model
     a = sample_candidates(model, tokenizer, PROMPTS[:3], 4, max_new_tokens=6, seed=3)
