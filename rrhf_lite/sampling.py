@@ -3,10 +3,10 @@
 Prompts are left-padded so that every prompt ends at the same position and generation continues from there. The
 key/value cache is transformers' static one: allocated once per batch for the prompt plus ``max_new_tokens``, where
 the default (dynamic) cache grows by copying itself at every step; both give the same tokens, and on the tiny model
-the copies were a sixth of the sampling time. Each
-reply is cut right after its first ``<|eos|>``: whatever ``generate`` put after it (padding, while the other rows of
-the batch were still running) is dropped, so it can never be scored or trained on. A reply that hit
-``max_new_tokens`` without an ``<|eos|>`` is marked as not ``ended``: PPO penalises those (Huang et al.).
+the copies were a sixth of the sampling time. Each reply is cut right after its first ``<|eos|>``: whatever
+``generate`` put after it (padding, while the other rows of the batch were still running) is dropped, so it can never
+be scored or trained on. A reply that hit ``max_new_tokens`` without an ``<|eos|>`` is marked as not ``ended``: PPO
+penalises those (Huang et al.).
 
 * :func:`generate_tokens`: the token ids of each reply (the ``<|eos|>`` kept) and whether it ended;
 * :func:`generate`: the same, decoded to text (what the gold judge and the datasets use);
