@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from .logprobs import pad_batch, sequence_logprobs, tokenize_pairs
 from .loop import save_run, train
 from .losses import dpo_loss
 from .models import load_for_training
@@ -30,11 +30,14 @@ from .models import load_for_training
 def tokenize_preferences(tokenizer, pairs, max_length: int) -> list[dict]:
     """``prompt/chosen/rejected`` rows -> both replies tokenised with their response masks.
 
-    Rows longer than ``max_length`` are cut as :func:`tokenize_pair` says and counted in a warning.
+    Rows longer than ``max_length`` are cut as :func:`~rrhf_lite.logprobs.tokenize_pair` says and counted in a
+    warning.
     """
     validate_tokenizer(tokenizer)
-    rows = [{"chosen": tokenize_pair(tokenizer, r["prompt"], r["chosen"], max_length),
-             "rejected": tokenize_pair(tokenizer, r["prompt"], r["rejected"], max_length)} for r in pairs]
+    pairs = list(pairs)
+    chosen, rejected = (tokenize_pairs(tokenizer, [r["prompt"] for r in pairs], [r[c] for r in pairs], max_length)
+                        for c in ("chosen", "rejected"))
+    rows = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
     report_truncation(((c, i, row[c]) for i, row in enumerate(rows) for c in ("chosen", "rejected")), max_length,
                       "DPO pairs")
     return rows

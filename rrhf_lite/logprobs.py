@@ -34,13 +34,28 @@ def tokenize_pair(tokenizer, prompt: str, response: str, max_length: int, add_eo
     removed from each, ``prompt_kept`` the prompt tokens left after the ``<|bos|>``.
     :func:`rrhf_lite.data.report_truncation` turns these into counts of rows and a warning.
     """
-    prompt_ids = tokenizer(prompt)["input_ids"]  # starts with <bos> when the tokenizer adds one
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    if add_eos:
-        response_ids = response_ids + [tokenizer.eos_token_id]
+    return tokenize_pairs(tokenizer, [prompt], [response], max_length, add_eos)[0]
+
+
+def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_length: int,
+                   add_eos: bool = True) -> list[dict]:
+    """:func:`tokenize_pair` for many pairs: the same rows, with one tokenizer call for all the prompts (each distinct
+    prompt once: candidates share theirs) and one for all the responses, instead of two calls per pair."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    distinct = list(dict.fromkeys(prompts))
+    prompt_ids = dict(zip(distinct, tokenizer(distinct)["input_ids"] if distinct else []))  # with <bos>, if added
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
+    tail = [tokenizer.eos_token_id] if add_eos else []
+    return [_joined(prompt_ids[p], r + tail, max_length, tokenizer.bos_token_id) for p, r in zip(prompts, response_ids)]
+
+
+def _joined(prompt_ids: list[int], response_ids: list[int], max_length: int, bos_token_id: int | None) -> dict:
+    """One row of :func:`tokenize_pairs`: the two token lists joined, cut to ``max_length`` as
+    :func:`tokenize_pair` says."""
     n_prompt, n_response = len(prompt_ids), len(response_ids)
-    bos = prompt_ids[:1] if prompt_ids[:1] == [tokenizer.bos_token_id] else []
-    truncated = len(prompt_ids) + len(response_ids) > max_length
+    bos = prompt_ids[:1] if prompt_ids[:1] == [bos_token_id] else []
+    truncated = n_prompt + n_response > max_length
     if truncated:
         room = max(0, max_length - len(bos) - len(response_ids))  # prompt tokens that still fit after the reply
         prompt_ids = bos + (prompt_ids[len(prompt_ids) - room:] if room else [])
@@ -321,5 +336,5 @@ def response_logprobs(model, tokenizer, prompts: list[str], responses: list[str]
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    rows = [tokenize_pair(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    rows = tokenize_pairs(tokenizer, prompts, responses, max_length)
     return _rows_logprobs(model, rows, tokenizer.pad_token_id, batch_size, temperature)

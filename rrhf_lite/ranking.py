@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_rankings, validate_tokenizer
-from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from .logprobs import pad_batch, sequence_logprobs, tokenize_pairs
 from .loop import save_run, train
 from .losses import pro_loss, rrhf_loss
 from .models import load_for_training
@@ -29,12 +29,18 @@ METHODS = ("rrhf", "pro")
 def tokenize_rankings(tokenizer, rankings, max_length: int) -> list[dict]:
     """``prompt/responses/scores`` rows -> per row, every candidate tokenised with its response mask.
 
-    Candidates longer than ``max_length`` are cut as :func:`tokenize_pair` says and counted in a warning.
+    Candidates longer than ``max_length`` are cut as :func:`~rrhf_lite.logprobs.tokenize_pair` says and counted in a
+    warning.
     """
     validate_tokenizer(tokenizer)
-    rows = [{"candidates": [tokenize_pair(tokenizer, row["prompt"], r, max_length) for r in row["responses"]],
-             "scores": [float(s) for s in row["scores"]]}
-            for row in rankings]
+    rankings = list(rankings)
+    flat = tokenize_pairs(tokenizer, [row["prompt"] for row in rankings for _ in row["responses"]],
+                          [r for row in rankings for r in row["responses"]], max_length)
+    rows, start = [], 0
+    for row in rankings:
+        candidates = flat[start:start + len(row["responses"])]
+        rows.append({"candidates": candidates, "scores": [float(s) for s in row["scores"]]})
+        start += len(row["responses"])
     report_truncation((("responses", i, c) for i, row in enumerate(rows) for c in row["candidates"]), max_length,
                       "rankings")
     return rows

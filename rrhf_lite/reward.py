@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import in_given_order, length_batches, length_grouped, pad_batch, tokenize_pair
+from .logprobs import in_given_order, length_batches, length_grouped, pad_batch, tokenize_pairs
 from .loop import save_run, train
 from .losses import reward_loss
 from .models import load_for_training
@@ -31,11 +31,14 @@ from .models import load_for_training
 def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
     """``prompt/chosen/rejected`` rows -> token ids of ``prompt + reply + <eos>`` for both replies.
 
-    Rows longer than ``max_length`` are cut as :func:`tokenize_pair` says and counted in a warning.
+    Rows longer than ``max_length`` are cut as :func:`~rrhf_lite.logprobs.tokenize_pair` says and counted in a
+    warning.
     """
     validate_tokenizer(tokenizer)
-    encoded = [{c: tokenize_pair(tokenizer, r["prompt"], r[c], max_length) for c in ("chosen", "rejected")}
-               for r in dataset]
+    dataset = list(dataset)
+    chosen, rejected = (tokenize_pairs(tokenizer, [r["prompt"] for r in dataset], [r[c] for r in dataset], max_length)
+                        for c in ("chosen", "rejected"))
+    encoded = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
     report_truncation(((c, i, row[c]) for i, row in enumerate(encoded) for c in ("chosen", "rejected")), max_length,
                       "reward-model comparisons")
     return [{c: row[c]["input_ids"] for c in ("chosen", "rejected")} for row in encoded]
@@ -73,7 +76,7 @@ def score(model, tokenizer, prompts: list[str], replies: list[str], max_length: 
     (:func:`rrhf_lite.logprobs.length_batches`: less padding to compute)."""
     was_training = model.training
     model.eval()
-    seqs = [tokenize_pair(tokenizer, p, r, max_length)["input_ids"] for p, r in zip(prompts, replies)]
+    seqs = [row["input_ids"] for row in tokenize_pairs(tokenizer, prompts, replies, max_length)]
     batches, out = length_batches([len(s) for s in seqs], batch_size), []
     for rows in batches:
         batch = pad_sequences([seqs[i] for i in rows], tokenizer.pad_token_id)

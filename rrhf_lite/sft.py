@@ -13,20 +13,21 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_demonstrations, validate_tokenizer
-from .logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from .logprobs import pad_batch, sequence_logprobs, tokenize_pairs
 from .loop import save_run, train
 from .losses import sft_loss
 from .models import load_for_training, merge_adapter
 
 
 def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
-    """``prompt/completion`` rows -> token ids with a response mask (see :func:`tokenize_pair`).
+    """``prompt/completion`` rows -> token ids with a response mask (see :func:`~rrhf_lite.logprobs.tokenize_pair`).
 
-    Rows longer than ``max_length`` lose the start of their prompt first (see :func:`tokenize_pair`); how many were
-    cut is reported in a :class:`rrhf_lite.data.DataWarning` (:func:`rrhf_lite.data.report_truncation`).
+    Rows longer than ``max_length`` lose the start of their prompt first; how many were cut is reported in a
+    :class:`rrhf_lite.data.DataWarning` (:func:`rrhf_lite.data.report_truncation`).
     """
     validate_tokenizer(tokenizer)
-    rows = [tokenize_pair(tokenizer, row["prompt"], row["completion"], max_length) for row in dataset]
+    dataset = list(dataset)
+    rows = tokenize_pairs(tokenizer, [r["prompt"] for r in dataset], [r["completion"] for r in dataset], max_length)
     report_truncation((("completion", i, r) for i, r in enumerate(rows)), max_length, "SFT demonstrations")
     return rows
 

@@ -18,6 +18,7 @@ from rrhf_lite.logprobs import (
     sampled_logprobs,
     sequence_logprobs,
     tokenize_pair,
+    tokenize_pairs,
 )
 from rrhf_lite.models import build_tiny_model, build_tokenizer
 from rrhf_lite.profiles import get_profile
@@ -118,6 +119,24 @@ def test_truncation_keeps_the_reply_and_the_end_of_the_prompt(tok_and_model):
     assert cut["input_ids"][0] == tokenizer.bos_token_id
     assert cut["input_ids"][1:] == full["input_ids"][4:]  # three prompt tokens after <bos> were dropped
     assert sum(cut["response_mask"]) == sum(full["response_mask"])
+
+
+def test_tokenize_pairs_gives_each_pair_its_own_row(tok_and_model):
+    """Many pairs in one call (two tokenizer calls, each distinct prompt tokenised once) give the rows that
+    tokenising each pair on its own gives: prompt ids (with <bos>) + reply ids + <eos>, cut the same way."""
+    tokenizer, _ = tok_and_model
+    prompts = [p for p, _ in PAIRS] + [PAIRS[0][0]]  # the first prompt twice, with two replies
+    replies = [r for _, r in PAIRS] + [" Let it rise overnight."]
+    for max_length in (128, 12):  # nothing cut; every row cut
+        rows = tokenize_pairs(tokenizer, prompts, replies, max_length)
+        assert rows == [tokenize_pair(tokenizer, p, r, max_length) for p, r in zip(prompts, replies)]
+        assert all(row["truncated"] == (max_length == 12) for row in rows)
+    for (p, r), row in zip(zip(prompts, replies), tokenize_pairs(tokenizer, prompts, replies, 128)):
+        assert row["input_ids"] == (tokenizer(p)["input_ids"] + tokenizer(r, add_special_tokens=False)["input_ids"]
+                                    + [tokenizer.eos_token_id])
+    assert tokenize_pairs(tokenizer, [], [], 128) == []
+    with pytest.raises(ValueError, match="3 prompts but 2 responses"):
+        tokenize_pairs(tokenizer, prompts[:3], replies[:2], 128)
 
 
 def test_temperature_divides_the_logits(tok_and_model):
