@@ -52,7 +52,7 @@ else
 	  || { kill $$build; exit 1; }; \
 	  wait $$build || { echo "background build failed: see $(BUILD_LOG)"; tail -20 $(BUILD_LOG); exit 1; }
 endif
-	$(PY) website/make_site.py record --profile $(PROFILE)
+	$(PY) website/execution_record.py --profile $(PROFILE)
 	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"
 
 # The lessons as make main executed them, as a website (website/make_site.py: MkDocs with mkdocs-jupyter).
@@ -74,7 +74,7 @@ study: install
 	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.study --seeds $(SEEDS)
 
 lint: install
-	$(PY) -m ruff check rrhf_lite tests tools
+	$(PY) -m ruff check rrhf_lite tests tools website
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

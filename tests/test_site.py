@@ -26,7 +26,8 @@ from rrhf_lite.profiles import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "website"))
-import make_site  # noqa: E402  (website/make_site.py: a script, not part of the package)
+import execution_record  # noqa: E402  (website/execution_record.py: a script, not part of the package)
+import make_site  # noqa: E402  (website/make_site.py: likewise)
 
 CHROMIUM = "/usr/bin/chromium"
 TYPESET = ".MathJax_CHTML"  # what MathJax 2's CommonHTML output puts in place of a formula it typeset
@@ -75,22 +76,22 @@ def build_small_site(runs: Path) -> Path:
                                                                                           name="method"))
     table.loc["DPO", ["gold_reward", "gold_reward_lo", "gold_reward_hi"]] = [3.0, 2.8, 3.2]
     compare.save_results(table, profile)
-    make_site.record_execution(notebooks, "tiny")
+    execution_record.record_execution(notebooks, "tiny")
     return make_site.build_site("tiny", runs, cache=REPO / "runs" / ".site-cache",  # MathJax, shared by runs
                                 outputs=profile.runs_path)
 
 
 def test_the_build_refuses_notebooks_executed_from_another_commit(tmp_path):
-    make_site.record_execution(tmp_path, "tiny")
-    assert make_site.check_fresh(tmp_path)["profile"] == "tiny"
-    record = json.loads((tmp_path / make_site.RECORD).read_text())
+    execution_record.record_execution(tmp_path, "tiny")
+    assert execution_record.check_fresh(tmp_path)["profile"] == "tiny"
+    record = json.loads((tmp_path / execution_record.RECORD).read_text())
     for stale in ({"commit": "0" * 40}, {"changes": "an edit since"}):
-        (tmp_path / make_site.RECORD).write_text(json.dumps({**record, **stale}))
-        with pytest.raises(make_site.StaleNotebooks, match="run `make main` again"):
-            make_site.check_fresh(tmp_path)
-    (tmp_path / make_site.RECORD).unlink()
-    with pytest.raises(make_site.StaleNotebooks, match="missing"):
-        make_site.check_fresh(tmp_path)
+        (tmp_path / execution_record.RECORD).write_text(json.dumps({**record, **stale}))
+        with pytest.raises(execution_record.StaleNotebooks, match="run `make main` again"):
+            execution_record.check_fresh(tmp_path)
+    (tmp_path / execution_record.RECORD).unlink()
+    with pytest.raises(execution_record.StaleNotebooks, match="missing"):
+        execution_record.check_fresh(tmp_path)
 
 
 def browser():
@@ -122,7 +123,7 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
     assert "00_tiny_world.html" in home and "08_side_by_side.html" in home
     assert "assets/08_frontier.png" in home and 'class="dataframe results"' in home
     assert "3.00 [2.80, 3.20]" in home  # DPO's gold reward with its interval, as lesson 08 shows it
-    record = make_site.tree_state()
+    record = execution_record.tree_state()
     for page in ("index.html", "00_tiny_world.html"):  # every page says what it was built from
         assert f"Built from commit {record['commit'][:10]}" in (site / page).read_text()
 
@@ -137,22 +138,26 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
         page.on("response", lambda r: problems.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
 
         page.goto(base + "index.html")
+        page.wait_for_load_state("networkidle")  # the search worker loads after the page: leaving earlier aborts it
         nav = page.eval_on_selector_all("nav.md-nav--primary a.md-nav__link[href]", "links => links.map(a => a.href)")
         pages = list(dict.fromkeys(url.split("#")[0] for url in nav))
         assert pages == [base + name for name in ("index.html", "00_tiny_world.html", "08_side_by_side.html")]
-        for url in pages:
+        def visit(url: str) -> None:
             page.goto(url)
             page.wait_for_load_state("networkidle")
             # maths: MathJax has turned every TeX formula of the page into typeset HTML
             page.wait_for_function(f"() => document.querySelectorAll('script[type^=\"math/tex\"]').length === "
                                    f"document.querySelectorAll('{TYPESET}').length", timeout=15_000)
+
+        for url in pages:
+            visit(url)
             images = page.eval_on_selector_all(
                 "img", "imgs => imgs.map(i => [i.src, i.naturalWidth, i.getBoundingClientRect().width])")
             assert images and all(natural > 0 and shown > 0 for _, natural, shown in images), (url, images)
             links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
             for link in {link.split("#")[0] for link in links if link.startswith(base)}:
                 assert page.request.get(link).status == 200, (url, link)
-        page.goto(base + "00_tiny_world.html")
+        visit(base + "00_tiny_world.html")
         assert page.locator(TYPESET).count() == 4  # three inline formulas and one display
         assert page.locator(".jp-OutputArea-output img").count() == 1  # the plot, with its size checked above
         chromium.close()

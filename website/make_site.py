@@ -16,17 +16,14 @@ nothing from another host. (The Jupyter project's offline package of MathJax 2, 
 older HTML-CSS output with STIX fonts, which asks Chromium for fonts it does not ship and for ``about:blank``.)
 
 Never stale: ``make main`` records which commit (and which uncommitted changes) it executed the lessons from
-(:func:`record_execution`), the site shows that commit, the date and the profile on every page, and the build
+(``website/execution_record.py``), the site shows that commit, the date and the profile on every page, and the build
 refuses notebooks executed from another state of the working tree than the current one.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import html
-import json
 import os
 import re
 import shutil
@@ -37,59 +34,19 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import yaml
+from execution_record import StaleNotebooks, check_fresh  # website/execution_record.py, beside this script
 
 from rrhf_lite.compare import with_intervals
 from rrhf_lite.profiles import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 GITHUB = "https://github.com/rrhf-lite/rrhf-lite"
-RECORD = "executed.json"  # written beside the executed notebooks by `make main`
 MATHJAX = "mathjax@2.7.9"  # nbconvert's pages configure MathJax 2 (MathJax.Hub.Config)
 MATHJAX_URL = "assets/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 # what the site serves of it: the TeX input, the CommonHTML output and its web fonts (about 1.5 MB of its 48)
 MATHJAX_FILES = ("MathJax.js", "LICENSE", "config/TeX-AMS_CHTML-full.js", "config/Safe.js", "extensions",
                  "localization/en", "jax/input/TeX", "jax/output/CommonHTML", "jax/element", "fonts/HTML-CSS/TeX/woff")
 COLAB_BADGE = re.compile(r"https://colab\.research\.google\.com/assets/colab-badge\.svg")
-
-
-class StaleNotebooks(RuntimeError):
-    """The executed notebooks do not come from the working tree as it is now."""
-
-
-def tree_state(repo: Path = REPO) -> dict[str, str]:
-    """The commit checked out and a hash of the uncommitted changes to tracked files (empty if there are none)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
-
-    diff = git("diff", "HEAD")
-    return {"commit": git("rev-parse", "HEAD").strip(),
-            "changes": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else ""}
-
-
-def record_execution(notebooks_dir: Path, profile: str, repo: Path = REPO) -> dict:
-    """Write ``executed.json`` beside the executed notebooks: the tree state, the profile and the date."""
-    record = {**tree_state(repo), "profile": profile,
-              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    notebooks_dir.mkdir(parents=True, exist_ok=True)
-    (notebooks_dir / RECORD).write_text(json.dumps(record, indent=1))
-    return record
-
-
-def _describe(state: dict) -> str:
-    changes = state.get("changes")
-    return state.get("commit", "?")[:10] + (f" with uncommitted changes {changes}" if changes else "")
-
-
-def check_fresh(notebooks_dir: Path, repo: Path = REPO) -> dict:
-    """The record of ``make main``'s execution, if it matches the working tree; else :class:`StaleNotebooks`."""
-    path = notebooks_dir / RECORD
-    if not path.exists():
-        raise StaleNotebooks(f"{path} is missing: run `make main` to execute the lessons, then `make site`")
-    record, now = json.loads(path.read_text()), tree_state(repo)
-    if (record.get("commit"), record.get("changes")) != (now["commit"], now["changes"]):
-        raise StaleNotebooks(f"the notebooks in {notebooks_dir} were executed from {_describe(record)}, the working "
-                             f"tree is {_describe(now)}: run `make main` again, then `make site`")
-    return record
 
 
 def install_mathjax(cache: Path) -> Path:
@@ -222,15 +179,11 @@ def build_site(profile: str = "tiny", runs: Path = REPO / "runs", cache: Path | 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["build", "record"], help="build the site, or record (make main) which "
-                        "tree state the lessons are executed from")
+    parser.add_argument("command", choices=["build"], help="build the site")
     parser.add_argument("--profile", default=None, help="profile name (default: $RRHF_LITE_PROFILE or tiny)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
-    if args.command == "record":
-        record_execution(args.runs / profile.name / "notebooks", profile.name)
-        return
     try:  # the figures and results.csv are where the lessons wrote them: the profile's runs_path
         site = build_site(profile.name, args.runs, outputs=profile.runs_path)
     except StaleNotebooks as e:
