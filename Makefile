@@ -35,22 +35,29 @@ $(VENV)/.installed: pyproject.toml
 # every stage is built once. The builder's log: runs/<profile>/notebooks/build.log.
 # tools/run_lessons.py executes a series of lessons as nbconvert --execute does, but in one kernel that imports the
 # libraries once and is reset to a fresh kernel's state before each lesson (~12 s saved per lesson); make test still
-# runs every lesson in a kernel of its own.
+# runs every lesson in a kernel of its own. The kernel of lessons 04-08 starts (and imports) beside lessons 00-03's, and
+# waits for them to finish.
 # On a GPU profile one lesson at a time (JOBS=1): two processes would hold two models in the GPU's memory.
 JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
 LESSONS := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) tools/run_lessons.py --output-dir runs/$(PROFILE)/notebooks
 BUILD_LOG := runs/$(PROFILE)/notebooks/build.log
+PHASE_1_DONE := runs/$(PROFILE)/notebooks/.lessons-00-03-done
 main: install
-	$(LESSONS) notebooks/0[0-3]_*.ipynb
 ifeq ($(JOBS),1)
+	$(LESSONS) notebooks/0[0-3]_*.ipynb
 	$(LESSONS) notebooks/0[4-8]_*.ipynb
 else
-	@echo "building stages for lessons 06 and 08 in the background (log: $(BUILD_LOG))"
-	OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build dpo-random rrhf online ppo-weak \
+	@mkdir -p $(dir $(PHASE_1_DONE)) && rm -f $(PHASE_1_DONE)
+	OMP_NUM_THREADS=1 $(LESSONS) --after $(PHASE_1_DONE) $$(ls notebooks/0[4-7]_*.ipynb | sort -r) \
+	  notebooks/08_side_by_side.ipynb & lessons=$$!; \
+	  $(LESSONS) notebooks/0[0-3]_*.ipynb || { kill $$lessons; exit 1; }; \
+	  echo "building stages for lessons 06 and 08 in the background (log: $(BUILD_LOG))"; \
+	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build dpo-random rrhf online ppo-weak \
 	  > $(BUILD_LOG) 2>&1 & build=$$!; \
-	  OMP_NUM_THREADS=1 $(LESSONS) $$(ls notebooks/0[4-7]_*.ipynb | sort -r) notebooks/08_side_by_side.ipynb \
-	  || { kill $$build; exit 1; }; \
+	  touch $(PHASE_1_DONE); \
+	  wait $$lessons || { kill $$build; exit 1; }; \
 	  wait $$build || { echo "background build failed: see $(BUILD_LOG)"; tail -20 $(BUILD_LOG); exit 1; }
+	@rm -f $(PHASE_1_DONE)
 endif
 	$(PY) website/execution_record.py --profile $(PROFILE)
 	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"

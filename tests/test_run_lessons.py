@@ -3,6 +3,7 @@ a fresh kernel starts in, its executed copy as `jupyter nbconvert --execute` wri
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -45,8 +46,15 @@ def test_each_lesson_sees_what_a_fresh_kernel_shows(tmp_path):
     (tmp_path / "helper.py").write_text(HELPER)
     polluter = notebook(tmp_path / "a.ipynb", POLLUTER, "print(open('helper.py').readline().strip())")
     probe = notebook(tmp_path / "b.ipynb", PROBE, "print('second cell')")
-    result = run_lessons(polluter, probe, out=tmp_path / "shared")
-    assert result.returncode == 0, result.stderr
+    # --after: the kernel starts and imports, then waits for the file before the first lesson
+    marker = tmp_path / "lessons-before-done"
+    runner = subprocess.Popen([sys.executable, str(RUNNER), str(polluter), str(probe), "--output-dir",
+                               str(tmp_path / "shared"), "--after", str(marker)], stdout=subprocess.PIPE, text=True)
+    assert runner.stdout.readline().startswith("kernel started")
+    time.sleep(2)
+    assert runner.poll() is None and not (tmp_path / "shared" / "a.ipynb").exists()
+    marker.touch()
+    assert runner.wait(timeout=600) == 0
     fresh = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                             str(probe), "--output-dir", str(tmp_path / "fresh")], capture_output=True, text=True,
                            timeout=600, cwd=tmp_path)

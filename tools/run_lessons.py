@@ -105,8 +105,11 @@ def run_code(manager: KernelManager, code: str, timeout: float = 600) -> None:
                            f"{reply['content'].get('evalue')}")
 
 
-def run(notebooks: list[Path], output_dir: Path, timeout: int) -> None:
-    """Execute ``notebooks`` in order into ``output_dir``; raises on the first lesson whose cell fails."""
+def run(notebooks: list[Path], output_dir: Path, timeout: int, after: Path | None = None) -> None:
+    """Execute ``notebooks`` in order into ``output_dir``; raises on the first lesson whose cell fails.
+
+    ``after``: a file to wait for once the kernel is ready, before the first lesson (``make main`` starts the kernel of
+    lessons 04-08 while lessons 00-03 run, and lets it begin when they are done)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     folders = {path.resolve().parent for path in notebooks}
     if len(folders) > 1:
@@ -117,6 +120,8 @@ def run(notebooks: list[Path], output_dir: Path, timeout: int) -> None:
         start = time.perf_counter()
         run_code(manager, SNAPSHOT)
         print(f"kernel started, libraries imported: {time.perf_counter() - start:.0f} s", flush=True)
+        while after is not None and not after.exists():
+            time.sleep(0.5)
         for path in notebooks:
             run_code(manager, RESTORE)
             nb = nbformat.read(path, as_version=4)
@@ -138,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+", type=Path, help="lessons, executed in this order")
     parser.add_argument("--output-dir", type=Path, required=True, help="where the executed copies are written")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a cell may run (nbconvert's option)")
+    parser.add_argument("--after", type=Path, default=None,
+                        help="start the first lesson once this file exists (the kernel is started before)")
     args = parser.parse_args(argv)
     try:
-        run(args.notebooks, args.output_dir, args.timeout)
+        run(args.notebooks, args.output_dir, args.timeout, args.after)
     except CellExecutionError as error:
         print(error, file=sys.stderr)
         return 1
