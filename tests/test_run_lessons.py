@@ -50,11 +50,14 @@ def test_each_lesson_sees_what_a_fresh_kernel_shows(tmp_path):
     marker = tmp_path / "lessons-before-done"
     runner = subprocess.Popen([sys.executable, str(RUNNER), str(polluter), str(probe), "--output-dir",
                                str(tmp_path / "shared"), "--after", str(marker)], stdout=subprocess.PIPE, text=True)
-    assert runner.stdout.readline().startswith("kernel started")
-    time.sleep(2)
-    assert runner.poll() is None and not (tmp_path / "shared" / "a.ipynb").exists()
-    marker.touch()
-    assert runner.wait(timeout=600) == 0
+    try:
+        assert runner.stdout.readline().startswith("kernel started")
+        time.sleep(2)
+        assert runner.poll() is None and not (tmp_path / "shared" / "a.ipynb").exists()
+        marker.touch()
+        assert runner.wait(timeout=600) == 0
+    finally:
+        runner.kill()
     fresh = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                             str(probe), "--output-dir", str(tmp_path / "fresh")], capture_output=True, text=True,
                            timeout=600, cwd=tmp_path)

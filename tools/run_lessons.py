@@ -72,8 +72,7 @@ def _restore():
     os.environ.update(fresh.environ)
     os.chdir(fresh.cwd)
     warnings.filters[:] = fresh.filters
-    warnings._filters_mutated()  # forget which warnings were shown already
-    for module in list(sys.modules.values()):
+    for module in list(sys.modules.values()):  # forget which warnings were shown already
         registry = getattr(module, "__warningregistry__", None)
         if isinstance(registry, dict):
             registry.clear()
