@@ -41,6 +41,8 @@ $(VENV)/.installed: pyproject.toml
 JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
 LESSONS := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) tools/run_lessons.py --output-dir runs/$(PROFILE)/notebooks
 BUILD_LOG := runs/$(PROFILE)/notebooks/build.log
+# where the lessons write figures and results: the stage cache's root ($RRHF_LITE_RUNS moves it)
+RUNS := $(or $(RRHF_LITE_RUNS),runs)
 PHASE_1_DONE := runs/$(PROFILE)/notebooks/.lessons-00-03-done
 main: install
 ifeq ($(JOBS),1)
@@ -60,7 +62,7 @@ else
 	@rm -f $(PHASE_1_DONE)
 endif
 	$(PY) website/execution_record.py --profile $(PROFILE)
-	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: runs/$(PROFILE)/figures/   results table: runs/$(PROFILE)/results.csv"
+	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: $(RUNS)/$(PROFILE)/figures/   results table: $(RUNS)/$(PROFILE)/results.csv"
 
 # The lessons as make main executed them, as a website (website/make_site.py: MkDocs with mkdocs-jupyter).
 # It refuses notebooks executed from another commit (or other uncommitted changes) than the working tree's.
