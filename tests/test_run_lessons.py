@@ -36,51 +36,43 @@ def outputs(path: Path) -> list:
     return [(cell.execution_count, [dict(o) for o in cell.outputs]) for cell in nbformat.read(path, as_version=4).cells]
 
 
-def run_lessons(*notebooks: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUNNER), *map(str, notebooks), "--output-dir", str(out)],
-                          capture_output=True, text=True, timeout=600)
-
-
-def test_each_lesson_sees_what_a_fresh_kernel_shows(tmp_path):
-    """The probe, run after the polluter in the same kernel, gives exactly nbconvert's output in a fresh kernel."""
+def test_lessons_run_in_one_kernel_as_in_fresh_ones(tmp_path):
+    """Run after the polluter in the same kernel, the probe gives exactly nbconvert's output in a fresh kernel; a
+    failing lesson then stops the run, written with its error. (One runner: each start imports torch and the rest.)"""
     (tmp_path / "helper.py").write_text(HELPER)
     polluter = notebook(tmp_path / "a.ipynb", POLLUTER, "print(open('helper.py').readline().strip())")
     probe = notebook(tmp_path / "b.ipynb", PROBE, "print('second cell')")
+    failing = notebook(tmp_path / "c.ipynb", "print('before')", "raise ValueError('row 3: no reply')")
+    never = notebook(tmp_path / "d.ipynb", "print('never')")
     # --after: the kernel starts and imports, then waits for the file before the first lesson
-    marker = tmp_path / "lessons-before-done"
-    runner = subprocess.Popen([sys.executable, str(RUNNER), str(polluter), str(probe), "--output-dir",
-                               str(tmp_path / "shared"), "--after", str(marker)], stdout=subprocess.PIPE, text=True)
+    marker, out = tmp_path / "lessons-before-done", tmp_path / "shared"
+    runner = subprocess.Popen([sys.executable, str(RUNNER), *map(str, (polluter, probe, failing, never)),
+                               "--output-dir", str(out), "--after", str(marker)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert runner.stdout.readline().startswith("kernel started")
         time.sleep(2)
-        assert runner.poll() is None and not (tmp_path / "shared" / "a.ipynb").exists()
+        assert runner.poll() is None and not (out / "a.ipynb").exists()
         marker.touch()
-        assert runner.wait(timeout=600) == 0
+        _, stderr = runner.communicate(timeout=600)
     finally:
         runner.kill()
+    assert runner.returncode == 1 and "row 3: no reply" in stderr
+    assert any(o.get("ename") == "ValueError" for o in nbformat.read(out / "c.ipynb", as_version=4).cells[1].outputs)
+    assert not (out / "d.ipynb").exists()
+
     fresh = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                             str(probe), "--output-dir", str(tmp_path / "fresh")], capture_output=True, text=True,
                            timeout=600, cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
-    shared = outputs(tmp_path / "shared" / "b.ipynb")
+    shared = outputs(out / "b.ipynb")
     assert shared == outputs(tmp_path / "fresh" / "b.ipynb")
     assert [count for count, _ in shared] == [1, 2]
     assert any(o.get("name") == "stderr" and "from a library" in o["text"] for o in shared[0][1])  # shown again
     probed = next(o["text"] for o in shared[0][1] if o.get("name") == "stdout")
     # matplotlib's default line width; no figure, environment variable or name left; the package not imported
     assert probed.startswith("1.5 [] False ") and probed.endswith(" ['In'] 2 []\n")
-    first = outputs(tmp_path / "shared" / "a.ipynb")
+    first = outputs(out / "a.ipynb")
     assert first[1][1][0]["text"] == "import warnings\n"  # the working directory: the notebooks' folder
-    executed = nbformat.read(tmp_path / "shared" / "b.ipynb", as_version=4)
+    executed = nbformat.read(out / "b.ipynb", as_version=4)
     assert all("execution" in cell.metadata for cell in executed.cells)  # cell timings, as nbconvert records them
-
-
-def test_a_failing_lesson_stops_the_run_and_is_written_with_its_error(tmp_path):
-    failing = notebook(tmp_path / "a.ipynb", "print('before')", "raise ValueError('row 3: no reply')")
-    after = notebook(tmp_path / "b.ipynb", "print('never')")
-    result = run_lessons(failing, after, out=tmp_path / "executed")
-    assert result.returncode == 1
-    assert "row 3: no reply" in result.stderr
-    executed = nbformat.read(tmp_path / "executed" / "a.ipynb", as_version=4)
-    assert any(o.get("ename") == "ValueError" for o in executed.cells[1].outputs)
-    assert not (tmp_path / "executed" / "b.ipynb").exists()
