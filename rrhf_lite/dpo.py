@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import pad_batch, sequence_logprobs, tokenize_pairs
+from .logprobs import pad_batch, sequence_logprobs, tokenize_preference_pairs
 from .loop import save_run, train
 from .losses import dpo_loss
 from .models import load_for_training
@@ -34,10 +34,7 @@ def tokenize_preferences(tokenizer, pairs, max_length: int) -> list[dict]:
     warning.
     """
     validate_tokenizer(tokenizer)
-    pairs = list(pairs)
-    chosen, rejected = (tokenize_pairs(tokenizer, [r["prompt"] for r in pairs], [r[c] for r in pairs], max_length)
-                        for c in ("chosen", "rejected"))
-    rows = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    rows = tokenize_preference_pairs(tokenizer, pairs, max_length)
     report_truncation(((c, i, row[c]) for i, row in enumerate(rows) for c in ("chosen", "rejected")), max_length,
                       "DPO pairs")
     return rows

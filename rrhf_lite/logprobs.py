@@ -50,6 +50,15 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_leng
     return [_joined(prompt_ids[p], r + tail, max_length, tokenizer.bos_token_id) for p, r in zip(prompts, response_ids)]
 
 
+def tokenize_preference_pairs(tokenizer, pairs, max_length: int) -> list[dict]:
+    """``prompt/chosen/rejected`` rows -> per row, ``{"chosen": row, "rejected": row}`` as :func:`tokenize_pair`
+    makes them: what a reward model and DPO train on. Each distinct prompt is tokenised once for both replies."""
+    pairs = list(pairs)
+    rows = tokenize_pairs(tokenizer, [r["prompt"] for r in pairs] * 2,
+                          [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs], max_length)
+    return [{"chosen": c, "rejected": r} for c, r in zip(rows[:len(pairs)], rows[len(pairs):])]
+
+
 def _joined(prompt_ids: list[int], response_ids: list[int], max_length: int, bos_token_id: int | None) -> dict:
     """One row of :func:`tokenize_pairs`: the two token lists joined, cut to ``max_length`` as
     :func:`tokenize_pair` says."""

@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
-from .logprobs import in_given_order, length_batches, length_grouped, pad_batch, tokenize_pairs
+from .logprobs import (
+    in_given_order,
+    length_batches,
+    length_grouped,
+    pad_batch,
+    tokenize_pairs,
+    tokenize_preference_pairs,
+)
 from .loop import save_run, train
 from .losses import reward_loss
 from .models import load_for_training
@@ -35,10 +42,7 @@ def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
     warning.
     """
     validate_tokenizer(tokenizer)
-    dataset = list(dataset)
-    chosen, rejected = (tokenize_pairs(tokenizer, [r["prompt"] for r in dataset], [r[c] for r in dataset], max_length)
-                        for c in ("chosen", "rejected"))
-    encoded = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    encoded = tokenize_preference_pairs(tokenizer, dataset, max_length)
     report_truncation(((c, i, row[c]) for i, row in enumerate(encoded) for c in ("chosen", "rejected")), max_length,
                       "reward-model comparisons")
     return [{c: row[c]["input_ids"] for c in ("chosen", "rejected")} for row in encoded]

@@ -19,6 +19,7 @@ from rrhf_lite.logprobs import (
     sequence_logprobs,
     tokenize_pair,
     tokenize_pairs,
+    tokenize_preference_pairs,
 )
 from rrhf_lite.models import build_tiny_model, build_tokenizer
 from rrhf_lite.profiles import get_profile
@@ -134,6 +135,11 @@ def test_tokenize_pairs_gives_each_pair_its_own_row(tok_and_model):
     for (p, r), row in zip(zip(prompts, replies), tokenize_pairs(tokenizer, prompts, replies, 128)):
         assert row["input_ids"] == (tokenizer(p)["input_ids"] + tokenizer(r, add_special_tokens=False)["input_ids"]
                                     + [tokenizer.eos_token_id])
+    # chosen and rejected of each comparison: the rows of their own pairs
+    pairs = [{"prompt": p, "chosen": r, "rejected": r.upper()} for p, r in zip(prompts, replies)]
+    assert tokenize_preference_pairs(tokenizer, pairs, 12) == [
+        {"chosen": tokenize_pair(tokenizer, p, r, 12), "rejected": tokenize_pair(tokenizer, p, r.upper(), 12)}
+        for p, r in zip(prompts, replies)]
     assert tokenize_pairs(tokenizer, [], [], 128) == []
     with pytest.raises(ValueError, match="3 prompts but 2 responses"):
         tokenize_pairs(tokenizer, prompts[:3], replies[:2], 128)
