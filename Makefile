@@ -39,17 +39,18 @@ $(VENV)/.installed: pyproject.toml
 # waits for them to finish.
 # On a GPU profile one lesson at a time (JOBS=1): two processes would hold two models in the GPU's memory.
 JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
-LESSONS := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) tools/run_lessons.py --output-dir runs/$(PROFILE)/notebooks
-BUILD_LOG := runs/$(PROFILE)/notebooks/build.log
+NOTEBOOKS := runs/$(PROFILE)/notebooks
+LESSONS := env RRHF_LITE_PROFILE=$(PROFILE) $(PY) tools/run_lessons.py --output-dir $(NOTEBOOKS)
+BUILD_LOG := $(NOTEBOOKS)/build.log
 # where the lessons write figures and results: the stage cache's root ($RRHF_LITE_RUNS moves it)
 RUNS := $(or $(RRHF_LITE_RUNS),runs)
-PHASE_1_DONE := runs/$(PROFILE)/notebooks/.lessons-00-03-done
+PHASE_1_DONE := $(NOTEBOOKS)/.lessons-00-03-done
 main: install
 ifeq ($(JOBS),1)
 	$(LESSONS) notebooks/0[0-3]_*.ipynb
 	$(LESSONS) notebooks/0[4-8]_*.ipynb
 else
-	@mkdir -p $(dir $(PHASE_1_DONE)) && rm -f $(PHASE_1_DONE)
+	@mkdir -p $(NOTEBOOKS) && rm -f $(PHASE_1_DONE)
 	OMP_NUM_THREADS=1 $(LESSONS) --after $(PHASE_1_DONE) $$(ls notebooks/0[4-7]_*.ipynb | sort -r) \
 	  notebooks/08_side_by_side.ipynb & lessons=$$!; \
 	  $(LESSONS) notebooks/0[0-3]_*.ipynb || { kill $$lessons; exit 1; }; \
@@ -62,7 +63,7 @@ else
 	@rm -f $(PHASE_1_DONE)
 endif
 	$(PY) website/execution_record.py --profile $(PROFILE)
-	@echo "Executed notebooks: runs/$(PROFILE)/notebooks/   figures: $(RUNS)/$(PROFILE)/figures/   results table: $(RUNS)/$(PROFILE)/results.csv"
+	@echo "Executed notebooks: $(NOTEBOOKS)/   figures: $(RUNS)/$(PROFILE)/figures/   results table: $(RUNS)/$(PROFILE)/results.csv"
 
 # The lessons as make main executed them, as a website (website/make_site.py: MkDocs with mkdocs-jupyter).
 # It refuses notebooks executed from another commit (or other uncommitted changes) than the working tree's.
