@@ -110,3 +110,28 @@ def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-4)
     with pytest.raises(ValueError, match="labels must be -100 on padding only"):
         lm_step(model, {**batch, "labels": batch["input_ids"]})
+
+
+def test_bitsandbytes_notice_about_an_unused_kernel_is_dropped_and_nothing_else(caplog):
+    """bitsandbytes' import-time notice about the repacked-weights kernel (a path rrhf_lite turns off) is dropped;
+    its other messages pass. On a CPU with AVX512-BF16 importing peft logs that notice: the lessons must not show it."""
+    import logging
+
+    import rrhf_lite
+
+    logger = logging.getLogger(rrhf_lite.BITSANDBYTES_CPU_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                       "`pip install kernels` and the kernels >= 0.11.1", "No module named 'kernels'")
+        logger.warning("another bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
+
+
+def test_importing_the_models_module_prints_nothing():
+    """A fresh interpreter: importing rrhf_lite.models (which imports peft, and so bitsandbytes) writes nothing."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import rrhf_lite.models"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
