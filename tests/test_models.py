@@ -1,6 +1,9 @@
 """Tokenizer and tiny model: round trips, special tokens, chat template, save/load through the Auto classes."""
 
+import logging
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ from conftest import SMALL  # tests/conftest.py; the `saved_model` fixture lives
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import rrhf_lite
 from rrhf_lite.models import build_tiny_model, build_tokenizer, load_model, load_pretrained
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.world import TinyWorld, format_prompt
@@ -115,10 +119,6 @@ def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():
 def test_bitsandbytes_notice_about_an_unused_kernel_is_dropped_and_nothing_else(caplog):
     """bitsandbytes' import-time notice about the repacked-weights kernel (a path rrhf_lite turns off) is dropped;
     its other messages pass. On a CPU with AVX512-BF16 importing peft logs that notice: the lessons must not show it."""
-    import logging
-
-    import rrhf_lite
-
     logger = logging.getLogger(rrhf_lite.BITSANDBYTES_CPU_LOGGER)
     with caplog.at_level(logging.WARNING, logger=logger.name):
         logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
@@ -129,9 +129,6 @@ def test_bitsandbytes_notice_about_an_unused_kernel_is_dropped_and_nothing_else(
 
 def test_importing_the_models_module_prints_nothing():
     """A fresh interpreter: importing rrhf_lite.models (which imports peft, and so bitsandbytes) writes nothing."""
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", "import rrhf_lite.models"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
