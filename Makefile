@@ -15,15 +15,33 @@ TORCH ?= torch==2.13.0
 PROFILE ?= $(or $(RRHF_LITE_PROFILE),tiny)
 PY := $(VENV)/bin/python
 
-.PHONY: install main test site study lint clean
+.PHONY: install lock main test site study lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+# constraints.txt is the lock: the exact version of every package make install puts beside torch (the dev extra, the
+# site's tools and the bench extra's trl included), as make test passed with them on Python 3.11, Linux x86_64.
+# pyproject.toml keeps ranges, for installing into an environment of one's own (Colab's %pip install). A changed
+# pyproject.toml or lock rebuilds .venv from empty, so that it holds what the lock says and nothing else.
+LOCK := constraints.txt
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet -c $(LOCK) "$(TORCH)"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
+
+# Update the lock: resolve pyproject.toml's ranges afresh (the dev and bench extras) in a new virtualenv and write
+# what pip installed there, torch and this package left out. Then run make test (it reinstalls .venv from the new
+# lock) before committing constraints.txt.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev,bench]"
+	{ echo "# The lock: written by \`make lock\` ($$(.venv-lock/bin/python -V), $$(uname -m), next to $(TORCH)); see the Makefile."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK): now run make test, then commit it"
 
 # Lessons 00-03 each build on the one before (base model -> SFT -> reward model -> samples): one at a time, all
 # cores. Lessons 04-08 only share what 00-03 built. On the tiny profile two processes then run at once, with one torch

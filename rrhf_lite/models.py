@@ -25,6 +25,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+import rrhf_lite.bitsandbytes_import  # noqa: F401  imports bitsandbytes before peft does, without a hub request
+
+# isort: split
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (

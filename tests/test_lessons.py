@@ -6,7 +6,9 @@ A lesson prints what teaches and nothing else: anything on stderr but a progress
 ours included) fails the test. Executed copies are written to ``runs/<profile>/notebooks/`` for reading.
 """
 
+import importlib.metadata
 import re
+import sysconfig
 from pathlib import Path
 
 import nbformat
@@ -27,6 +29,30 @@ def unexpected_stderr(notebook) -> list[str]:
             for line in output["text"].splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
 
 
+SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
+OURS = Path(__file__).resolve().parents[1] / "rrhf_lite"
+PATH_IN_LINE = re.compile(r"(?:site|dist)-packages[/\\]([A-Za-z0-9_]+)|[/\\](rrhf_lite)[/\\]")
+OPENING_WORDS = re.compile(r"^[^'\"{}%0-9<>\[\]()]{16,}")  # a line's literal opening, before anything interpolated
+
+
+def who_printed(line: str) -> str | None:
+    """The package that wrote a stderr line, where it can be told: a path in the line (a warning's ``file:line:
+    Category: message``, a traceback), else the package whose source holds the line's opening words verbatim (a
+    logger's message). None when neither tells."""
+    found = PATH_IN_LINE.search(line)
+    if found:
+        module = found.group(1) or found.group(2)
+    else:
+        opening = OPENING_WORDS.match(line.strip())
+        sources = (*OURS.glob("*.py"), *SITE_PACKAGES.rglob("*.py"))
+        source = opening and next((f for f in sources if opening.group(0)[:60] in f.read_text(errors="ignore")), None)
+        if not source:
+            return None
+        module = "rrhf_lite" if source.parent == OURS else source.relative_to(SITE_PACKAGES).parts[0]
+    distributions = importlib.metadata.packages_distributions().get(module, [])
+    return f"{module} (distribution {', '.join(distributions)})" if distributions else module
+
+
 @pytest.mark.parametrize(("profile", "path"), LESSONS, ids=[f"{profile}-{path.stem}" for profile, path in LESSONS])
 def test_lesson(profile, path, monkeypatch):
     monkeypatch.setenv("RRHF_LITE_PROFILE", profile)
@@ -40,5 +66,14 @@ def test_lesson(profile, path, monkeypatch):
         out = get_profile(profile).runs_path / "notebooks"
         out.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, out / path.name)
-    said = unexpected_stderr(notebook)
-    assert not said, f"{path.name} on {profile} wrote to stderr what it does not expect:\n" + "\n".join(said[:10])
+    said = unexpected_stderr(notebook)[:10]
+    assert not said, f"{path.name} on {profile} wrote to stderr what it does not expect:\n" + "\n".join(
+        f"{line}\n    (printed by {who_printed(line) or 'a package that cannot be told from the line'})"
+        for line in said)
+
+
+def test_the_stderr_check_names_the_package_that_printed_a_line():
+    assert who_printed("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because "
+                       "Hugging Face Hub is in offline mode.").startswith("kernels")
+    assert who_printed(f"{SITE_PACKAGES}/transformers/generation/utils.py:1: UserWarning: x").startswith("transformers")
+    assert who_printed("x") is None
