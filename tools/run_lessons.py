@@ -46,8 +46,9 @@ DROP_PACKAGE = """
 SNAPSHOT = """
 def _snapshot():
     import importlib, os, sys, types, warnings
-    for module in ("torch", "transformers", "peft", "datasets", "matplotlib.pyplot", "pandas", "rrhf_lite.pipeline",
-                   "rrhf_lite.plots"):
+    # peft through rrhf_lite.models, as the lessons import it: bitsandbytes without its hub lookup (bitsandbytes_import)
+    for module in ("torch", "transformers", "rrhf_lite.models", "datasets", "matplotlib.pyplot", "pandas",
+                   "rrhf_lite.pipeline", "rrhf_lite.plots"):
         importlib.import_module(module)
 """ + DROP_PACKAGE + """
     import matplotlib, torch
