@@ -47,8 +47,8 @@ lock:
 # cores. Lessons 04-08 only share what 00-03 built. On the tiny profile two processes then run at once, with one torch
 # thread each (these small models keep one thread busy but not two: one lesson on two threads does ~0.7x the work of
 # two lessons on one each): lessons 07, 06, 05, 04 and 08 one after the other, and beside them python -m rrhf_lite.build
-# builds one of lesson 06's DPO runs and the stages that only lesson 08 needs (RRHF, its online round, the weak-KL PPO
-# run) into the same stage cache. The two sides hold about the same work. A lesson that asks for a stage the builder is
+# builds one of lesson 06's DPO runs and the stages that only lesson 08 needs (its KL sweep of PPO runs, the weak-KL
+# run's held-out snapshots, RRHF and its online round) into the same stage cache. The two sides hold about the same work. A lesson that asks for a stage the builder is
 # training waits for it and loads it (the stage's lock, stages.py), and builds itself one the builder has not begun:
 # every stage is built once. The builder's log: runs/<profile>/notebooks/build.log.
 # tools/run_lessons.py executes a series of lessons as nbconvert --execute does, but in one kernel that imports the
@@ -73,7 +73,7 @@ else
 	  notebooks/08_side_by_side.ipynb & lessons=$$!; \
 	  $(LESSONS) notebooks/0[0-3]_*.ipynb || { kill $$lessons; exit 1; }; \
 	  echo "building stages for lessons 06 and 08 in the background (log: $(BUILD_LOG))"; \
-	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build dpo-random rrhf online ppo-weak \
+	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build ppo-sweep ppo-trajectory dpo-random rrhf online \
 	  > $(BUILD_LOG) 2>&1 & build=$$!; \
 	  touch $(PHASE_1_DONE); \
 	  wait $$lessons || { kill $$build; exit 1; }; \

@@ -2,7 +2,7 @@
 
     python -m rrhf_lite.build sft reward samples dpo rrhf --profile gpu-24gb
     accelerate launch --num_processes 2 -m rrhf_lite.build sft reward samples dpo rrhf --profile gpu-24gb
-    python -m rrhf_lite.build ppo ppo-weak --profile gpu-24gb   # PPO trains on one process only
+    python -m rrhf_lite.build ppo ppo-sweep --profile gpu-24gb   # PPO trains on one process only
 
 Each stage is loaded if it is cached and built otherwise (with whatever it needs first), exactly as a lesson asks
 for it, so the lessons then find it in ``runs/``. Under ``accelerate launch`` every process trains on its slice of
@@ -29,8 +29,11 @@ STAGES = {
     **{f"dpo-{data}": (lambda profile, force, data=data: pipeline.method_stage(profile, "dpo", data, force=force))
        for data in pipeline.DPO_DATA},
     "ppo": lambda profile, force: pipeline.method_stage(profile, "ppo", force=force),
-    # lesson 08's PPO run with a weak, fixed KL penalty (profiles.weak_kl_profile)
-    "ppo-weak": lambda profile, force: pipeline.method_stage(weak_kl_profile(profile), "ppo", force=force),
+    # lesson 08's PPO runs with fixed KL coefficients (profiles.weak_kl_profile), the weakest last: its folder
+    "ppo-sweep": lambda profile, force: [pipeline.method_stage(weak_kl_profile(profile, beta), "ppo", force=force)
+                                         for beta in profile.overopt_kl_coefs][-1],
+    # the weakest of them measured on held-out prompts at its snapshots (lesson 08)
+    "ppo-trajectory": pipeline.trajectory_stage,
     "online": pipeline.online_stage,
 }
 STAGES["dpo"] = STAGES["dpo-pairs"]

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from .best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl
-from .evaluate import bootstrap_interval
+from .claims import check, paired
+from .evaluate import bootstrap_interval, paired_difference, prompt_means
 from .pipeline import (
     has_gold,
     load_samples,
@@ -30,7 +31,7 @@ from .pipeline import (
     sft_stage,
     trajectory_stage,
 )
-from .profiles import weak_kl_profile  # noqa: F401  (lesson 08 and the tests ask for it here)
+from .profiles import weak_kl_profile
 from .stages import read_output
 
 # The table's columns, each measured in the run.
@@ -45,23 +46,44 @@ COLUMNS = {
     "training_samples": "replies sampled from a model to train on (lesson 03's candidates, or PPO's rollouts)",
     "samples_per_answer": "replies sampled at answer time for one answer",
 }
-# The measured columns, each with a 95% bootstrap interval over held-out prompts in <column>_lo and <column>_hi.
+# The measured columns, each with a 95% bootstrap interval over the distinct held-out prompts in <column>_lo and
+# <column>_hi, and (but win rate, already a comparison with SFT) the paired difference from SFT with its interval.
 MEASURED = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
+PAIRED = ("gold_reward", "proxy_reward", "kl")
 for _column in MEASURED:
     COLUMNS[f"{_column}_lo"] = f"{_column}: lower end of its 95% bootstrap interval over held-out prompts"
     COLUMNS[f"{_column}_hi"] = f"{_column}: upper end of its 95% bootstrap interval over held-out prompts"
+for _column in PAIRED:
+    COLUMNS[f"{_column}_vs_sft"] = (f"{_column} minus SFT's on the same held-out prompts (per prompt, then averaged): "
+                                    "the paired difference to read when comparing with SFT")
+    COLUMNS[f"{_column}_vs_sft_lo"] = f"{_column}_vs_sft: lower end of its 95% bootstrap interval over held-out prompts"
+    COLUMNS[f"{_column}_vs_sft_hi"] = f"{_column}_vs_sft: upper end of its 95% bootstrap interval over held-out prompts"
+COLUMNS["prompts"] = "distinct held-out prompts that every interval of the row rests on (each answered k times)"
 # (row name, method, data) of the trained methods, in the order of the lessons.
 TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
 
 
-def intervals(per_reply: dict | None, prompts: int) -> dict[str, float]:
-    """``<column>_lo`` / ``<column>_hi`` for every measured column that has per-reply values (NaN where not: a stage
-    evaluated before per-reply values were kept, a bound rather than a measurement, or no judge)."""
+def per_prompt(per_reply: dict | None, replies_per_prompt: int) -> dict[str, torch.Tensor]:
+    """Each measured column's values averaged per distinct held-out prompt (:func:`~rrhf_lite.evaluate.prompt_means`);
+    columns without per-reply values are left out."""
+    return {column: prompt_means(values, replies_per_prompt)
+            for column, values in (per_reply or {}).items() if column in MEASURED and values}
+
+
+def intervals(values: dict[str, torch.Tensor], sft: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """From per-prompt values (:func:`per_prompt`): ``<column>_lo`` / ``<column>_hi`` for every measured column, and,
+    given SFT's per-prompt values on the same prompts, the paired difference ``<column>_vs_sft`` with its interval
+    (:func:`~rrhf_lite.evaluate.paired_difference`); NaN where a column has no values (a bound rather than a
+    measurement, or no judge). ``prompts`` is how many distinct prompts they rest on."""
     out = {}
     for column in MEASURED:
-        values = (per_reply or {}).get(column)
-        lo, hi = bootstrap_interval(values, prompts) if values else (np.nan, np.nan)
+        lo, hi = bootstrap_interval(values[column]) if column in values else (np.nan, np.nan)
         out[f"{column}_lo"], out[f"{column}_hi"] = lo, hi
+    for column in PAIRED:
+        paired = column in values and sft is not None and column in sft
+        diff = paired_difference(values[column], sft[column]) if paired else (np.nan,) * 3
+        out[f"{column}_vs_sft"], out[f"{column}_vs_sft_lo"], out[f"{column}_vs_sft_hi"] = diff
+    out["prompts"] = len(next(iter(values.values()))) if values else 0
     return out
 
 
@@ -91,20 +113,27 @@ def _row(name: str, report: dict, cost: dict, *, win_rate: float | None = None, 
 
 
 def trained_row(name: str, folder: Path, profile, method: str, data: str = "pairs") -> dict:
-    """One trained policy's row: its ``eval.json`` report (with per-reply values for the intervals) and
-    ``cost.json``."""
+    """One trained policy's row: its ``eval.json`` report (with per-reply values for the intervals and the paired
+    differences from SFT) and ``cost.json``."""
     evaluation = read_output(folder, "eval")
+    values = per_prompt(evaluation.get("per_reply"), profile.eval_samples_per_prompt)
     return _row(name, evaluation["report"], read_output(folder, "cost"),
                 training_samples=policy_samples(profile, method, data),
-                bounds=intervals(evaluation.get("per_reply"), profile.eval_prompts))
+                bounds=intervals(values, sft_per_prompt(profile)))
+
+
+def sft_per_prompt(profile) -> dict[str, torch.Tensor]:
+    """The SFT baseline's measured values per distinct held-out prompt: what every paired difference subtracts."""
+    return per_prompt(read_output(samples_stage(profile), "sft_eval")["per_reply"], profile.eval_samples_per_prompt)
 
 
 def sft_row(profile) -> dict:
     """The baseline: SFT measured on the held-out prompts; its KL to itself is 0 and it ties with itself."""
     baseline = read_output(samples_stage(profile), "sft_eval")
+    values = sft_per_prompt(profile)
     return _row("SFT", baseline["report"], read_output(sft_stage(profile), "cost"),
                 win_rate=0.5 if "gold_reward" in baseline["per_reply"] else np.nan, training_samples=0,
-                bounds=intervals(baseline.get("per_reply"), profile.eval_prompts))
+                bounds=intervals(values, values))
 
 
 def best_of_n_scores(profile) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -122,62 +151,118 @@ def baseline_gold_per_prompt(profile) -> torch.Tensor:
     return gold.reshape(profile.eval_samples_per_prompt, -1).T
 
 
-def best_of_n_rows(profile) -> list[dict]:
-    """Best-of-n rows, exact expectations over all ``C(bon_n, n)`` subsets of the SFT samples."""
+def best_of_n_values(profile) -> dict[str, dict[str, torch.Tensor]]:
+    """Per best-of-n row (``best-of-<n>`` for ``n`` in ``bon_table_n``), its values per held-out prompt: the exact
+    expectations over all ``C(bon_n, n)`` subsets of the SFT samples (the KL is a bound, so it has none)."""
     proxy, gold = best_of_n_scores(profile)
-    cost = read_output(samples_stage(profile), "best_of_n_cost")
     if gold is not None:
         # per SFT baseline reply of each prompt: does each sample beat it? (ties count half)
         base = baseline_gold_per_prompt(profile)
         wins = [(gold > base[:, [j]]).double() + 0.5 * (gold == base[:, [j]]).double() for j in range(base.shape[1])]
-    rows = []
+    rows = {}
     for n in profile.bon_table_n:
-        # per held-out prompt: the exact expectations (one value per prompt; the KL is a bound, no interval)
-        per_prompt = {"proxy_reward": best_of_n_expectation(proxy, proxy, n).tolist()}
+        expected = {"proxy_reward": best_of_n_expectation(proxy, proxy, n)}
         if gold is not None:
-            per_prompt["gold_reward"] = best_of_n_expectation(proxy, gold, n).tolist()
+            expected["gold_reward"] = best_of_n_expectation(proxy, gold, n)
             # win rate: the expected value, over the subsets, of "the selected reply beats the SFT reply"
-            per_prompt["win_rate_vs_sft"] = torch.stack([best_of_n_expectation(proxy, w, n)
-                                                         for w in wins]).mean(0).tolist()
-        report = {column: float(np.mean(values)) for column, values in per_prompt.items()}
-        rows.append(_row(f"best-of-{n}", {**report, "kl": best_of_n_kl(n)},
-                         {**cost, "seconds": cost["seconds"] * n / profile.bon_n}, training_samples=0,
-                         samples_per_answer=n, trainable_parameters=0, bounds=intervals(per_prompt, len(proxy))))
+            expected["win_rate_vs_sft"] = torch.stack([best_of_n_expectation(proxy, w, n) for w in wins]).mean(0)
+        rows[f"best-of-{n}"] = {column: v.to(torch.float64) for column, v in expected.items()}
     return rows
 
 
+def best_of_n_rows(profile) -> list[dict]:
+    """Best-of-n rows, exact expectations over all ``C(bon_n, n)`` subsets of the SFT samples."""
+    cost = read_output(samples_stage(profile), "best_of_n_cost")
+    sft = sft_per_prompt(profile)
+    rows = []
+    for (name, values), n in zip(best_of_n_values(profile).items(), profile.bon_table_n):
+        report = {column: float(v.mean()) for column, v in values.items()}
+        rows.append(_row(name, {**report, "kl": best_of_n_kl(n)},
+                         {**cost, "seconds": cost["seconds"] * n / profile.bon_n}, training_samples=0,
+                         samples_per_answer=n, trainable_parameters=0, bounds=intervals(values, sft)))
+    return rows
+
+
+def trained_policies(profile, *, weak_kl: bool = True, online: bool | None = None) -> list[tuple]:
+    """The trained rows of the results table: ``(name, stage folder, profile, method, data)`` each."""
+    online = has_gold(profile) if online is None else online
+    policies = [(name, method_stage(profile, method, data), profile, method, data) for name, method, data in TRAINED]
+    if weak_kl:
+        for name, swept in kl_sweep_profiles(profile).items():
+            policies.append((name, method_stage(swept, "ppo"), swept, "ppo", "pairs"))
+    if online:
+        method = profile.online_method
+        policies.append((f"{method.upper()}, online round", online_stage(profile), profile, method, "pairs"))
+    return policies
+
+
+def kl_sweep_profiles(profile) -> dict[str, object]:
+    """Lesson 08's KL sweep: lesson 07's PPO with only its KL term changed, a fixed coefficient from
+    ``overopt_kl_coefs`` (:func:`~rrhf_lite.profiles.weak_kl_profile`), by row name; the last is "PPO, weak KL"."""
+    coefs = profile.overopt_kl_coefs
+    return {("PPO, weak KL" if beta == coefs[-1] else f"PPO, fixed KL {beta:g}"): weak_kl_profile(profile, beta)
+            for beta in coefs}
+
+
 def results_table(profile, *, weak_kl: bool = True, online: bool | None = None) -> pd.DataFrame:
-    """One row per method (SFT, best-of-n, RRHF, PRO, DPO, PPO; PPO with a weak KL penalty and the online round's
-    retrained policy when asked), the columns of :data:`COLUMNS`. Trains whatever is not cached yet.
+    """One row per method (SFT, best-of-n, RRHF, PRO, DPO, PPO; PPO with fixed KL coefficients, the weakest "PPO, weak
+    KL", and the online round's retrained policy, when asked), the columns of :data:`COLUMNS`. Trains whatever is not
+    cached yet.
 
     ``online`` defaults to whether the profile has labellers for fresh replies: the tiny world's, or on real data
     the judge model's scores seen through Bradley-Terry noise.
     """
-    online = has_gold(profile) if online is None else online
     rows = [sft_row(profile), *best_of_n_rows(profile)]
-    rows += [trained_row(name, method_stage(profile, method, data), profile, method, data)
-             for name, method, data in TRAINED]
-    if weak_kl:
-        weak = weak_kl_profile(profile)
-        rows.append(trained_row("PPO, weak KL", method_stage(weak, "ppo"), weak, "ppo"))
-    if online:
-        method = profile.online_method
-        row = trained_row(f"{method.upper()}, online round", online_stage(profile), profile, method)
-        # lesson 03's candidates (counted by trained_row) plus the replies the round-1 policy sampled for labels
-        row["training_samples"] += profile.sample_prompts * profile.online_samples_per_prompt
+    for name, folder, row_profile, method, data in trained_policies(profile, weak_kl=weak_kl, online=online):
+        row = trained_row(name, folder, row_profile, method, data)
+        if name.endswith("online round"):
+            # lesson 03's candidates (counted by trained_row) plus the replies the round-1 policy sampled for labels
+            row["training_samples"] += profile.sample_prompts * profile.online_samples_per_prompt
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")[list(COLUMNS)]
 
 
+def method_values(profile, **which) -> dict[str, dict[str, torch.Tensor]]:
+    """Per row of the results table (``which`` as :func:`results_table`), its measured values per distinct held-out
+    prompt: what paired comparisons between methods resample."""
+    values = {"SFT": sft_per_prompt(profile), **best_of_n_values(profile)}
+    for name, folder, row_profile, *_ in trained_policies(profile, **which):
+        values[name] = per_prompt(read_output(folder, "eval").get("per_reply"), row_profile.eval_samples_per_prompt)
+    return values
+
+
+def paired_table(values: dict[str, dict[str, torch.Tensor]], pairs: list[tuple[str, str]],
+                 column: str = "gold_reward") -> pd.DataFrame:
+    """Methods compared two by two on the same held-out prompts (``values`` from :func:`method_values`): for each
+    ``(a, b)``, the mean per-prompt difference ``a - b`` on ``column``, its 95% bootstrap interval over prompts, and
+    the verdict it supports ("a above b" or "a below b" when the interval excludes 0, else "no difference shown")."""
+    rows = []
+    for a, b in pairs:
+        diff = paired(values[a][column], values[b][column])
+        verdict = f"{a} above {b}" if diff.positive else f"{a} below {b}" if diff.negative else "no difference shown"
+        rows.append({"a": a, "b": b, f"{column} a - b": diff.mean, "lo": diff.lo, "hi": diff.hi, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
 def with_intervals(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """The measured columns as text, ``mean [lo, hi]`` (95% bootstrap over held-out prompts), the rest as they are:
-    the table to read. Two methods differ on a column only where their intervals do not overlap (and even then a
-    single training seed says nothing about the spread between training runs)."""
+    """The measured columns and the paired differences from SFT as text, ``mean [lo, hi]`` (95% bootstrap over the
+    distinct held-out prompts), the rest as they are: the table to read. To compare a method with SFT, read its
+    ``*_vs_sft`` column: a difference whose interval excludes 0 is a finding on these prompts; one whose interval
+    contains 0 is not (:func:`~rrhf_lite.evaluate.paired_difference`). Two trained methods are compared the same
+    way, prompt by prompt (:func:`paired_table`). Either way a single training seed says nothing about the spread
+    between training runs (``make study``)."""
     shown = table.drop(columns=[c for c in table.columns if c.endswith(("_lo", "_hi"))])
-    for column in MEASURED:
-        shown[column] = [f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-                         for m, lo, hi in zip(table[column], table[f"{column}_lo"], table[f"{column}_hi"])]
+    for column in (*MEASURED, *(f"{c}_vs_sft" for c in PAIRED)):
+        if column in table:
+            shown[column] = [_with_interval(m, lo, hi, digits) for m, lo, hi in
+                             zip(table[column], table[f"{column}_lo"], table[f"{column}_hi"])]
     return shown
+
+
+def _with_interval(mean: float, lo: float, hi: float, digits: int) -> str:
+    if np.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if np.isnan(lo) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def best_of_n_frontier(profile, ns: list[int] | None = None) -> pd.DataFrame:
@@ -210,13 +295,20 @@ def training_trajectory(folder: Path, smooth: int = 5) -> pd.DataFrame:
     return history
 
 
-def held_out_trajectory(profile) -> pd.DataFrame:
-    """The weak-KL PPO run measured on held-out prompts at its snapshots (:func:`~rrhf_lite.pipeline.trajectory_stage`,
-    built on first use): one row per snapshot (iteration 0 is the SFT model), the measured columns and their 95%
-    bootstrap intervals over held-out prompts."""
+def trajectory_values(profile) -> dict[int, dict[str, torch.Tensor]]:
+    """The weak-KL PPO run at its snapshots (:func:`~rrhf_lite.pipeline.trajectory_stage`, built on first use): per
+    iteration (0 is the SFT model), its measured values per held-out prompt."""
     points = read_output(trajectory_stage(profile), "trajectory")["points"]
-    rows = [{"iteration": p["iteration"], **{c: p["report"].get(c, np.nan) for c in MEASURED},
-             **intervals(p["per_reply"], profile.eval_prompts)} for p in points]
+    return {p["iteration"]: per_prompt(p["per_reply"], profile.eval_samples_per_prompt) for p in points}
+
+
+def held_out_trajectory(profile) -> pd.DataFrame:
+    """The weak-KL PPO run measured on held-out prompts at its snapshots (:func:`trajectory_values`): one row per
+    snapshot (iteration 0 is the SFT model), the measured columns, their 95% bootstrap intervals over held-out prompts
+    and the paired differences from SFT."""
+    values = trajectory_values(profile)
+    rows = [{"iteration": iteration, **{c: float(v[c].mean()) for c in MEASURED if c in v},
+             **intervals(v, values[0])} for iteration, v in values.items()]
     return pd.DataFrame(rows).set_index("iteration")
 
 
@@ -282,30 +374,59 @@ def gold_fit(kl, gold, form: str = "rl") -> dict:
     return fit
 
 
-def overoptimisation(history: pd.DataFrame, tail: int = 5) -> dict:
-    """Where the gold reward peaks in a PPO run and what the proxy does afterwards (Gao et al. 2022).
+def kl_sweep(profile) -> pd.DataFrame:
+    """Over-optimisation across runs that differ only in their KL term: SFT (KL 0), lesson 07's PPO (adaptive
+    coefficient) and PPO with each fixed coefficient of ``overopt_kl_coefs``, measured on the held-out prompts. One
+    row per policy, in order of KL: its measured columns and intervals, and its paired differences from SFT."""
+    values = kl_sweep_values(profile)
+    rows = [{"policy": name, **{c: float(v[c].mean()) for c in MEASURED if c in v}, **intervals(v, values["SFT"])}
+            for name, v in values.items()]
+    return pd.DataFrame(rows).set_index("policy").sort_values("kl")
 
-    Single rollouts are noisy, so the peak comes from :func:`gold_fit` (Gao et al.'s form for RL) over all rollouts;
-    ``peak_iteration`` is the iteration where the smoothed KL first crosses it; ``curve_kl``/``curve_gold`` trace the
-    fitted curve (for plotting). The proxy and gold reward "at the peak" are the smoothed
-    values there; "at the end", the mean of the last ``tail`` rollouts. ``proxy_gain_after_peak > 0`` together with
-    ``gold_loss_after_peak > 0`` is over-optimisation: the proxy still climbs while the gold reward falls.
+
+def kl_sweep_values(profile) -> dict[str, dict[str, torch.Tensor]]:
+    """SFT's, lesson 07's PPO's and each fixed-KL run's measured values per held-out prompt (trained if missing)."""
+    runs = {"PPO": method_stage(profile, "ppo"),
+            **{name: method_stage(swept, "ppo") for name, swept in kl_sweep_profiles(profile).items()}}
+    return {"SFT": sft_per_prompt(profile),
+            **{name: per_prompt(read_output(folder, "eval")["per_reply"], profile.eval_samples_per_prompt)
+               for name, folder in runs.items()}}
+
+
+def held_out_overoptimisation(profile) -> dict:
+    """Gao et al.'s (2022) over-optimisation, measured on held-out prompts across lesson 08's KL sweep
+    (:func:`kl_sweep`): the looser the KL term, the further PPO moves from SFT and the higher the proxy climbs; does the
+    gold reward rise, peak and fall?
+
+    Gao et al.'s RL form is fitted to gold reward against KL over the sweep's policies (:func:`gold_fit`); the *peak*
+    is the policy nearest the fitted peak (chosen from the curve through every point, not as the best single point,
+    whose height would be flattered by its own noise). Then three paired differences on the same held-out prompts
+    (:func:`rrhf_lite.claims.paired`): ``rise`` (gold at the peak minus SFT's), ``fall`` (gold of the run with the
+    loosest KL term minus the peak's) and ``proxy_after_peak`` (the same for the proxy reward). Returns them with the
+    fit, the sweep table and the names of the peak and the loosest run.
     """
-    fit = gold_fit(history["kl"], history["gold_reward"])
-    positions = np.flatnonzero(history["kl_smooth"].to_numpy() >= fit["peak_kl"])
-    at = int(positions[0]) if len(positions) else len(history) - 1
-    if at > 0 and abs(history["kl_smooth"].iloc[at - 1] - fit["peak_kl"]) < abs(history["kl_smooth"].iloc[at] -
-                                                                                 fit["peak_kl"]):
-        at -= 1  # the crossing's nearer side
-    peak = history.index[at]
-    end = history.tail(tail)
-    return {**fit, **fitted_curve(fit, history["kl"].max()),
-            "curve_label": f"{GAO_FORMS[fit['form']]},  d = sqrt(KL)",
-            "peak_iteration": int(history.loc[peak, "iteration"]),
-            "proxy_at_peak": float(history.loc[peak, "proxy_reward_smooth"]),
-            "proxy_at_end": float(end["proxy_reward"].mean()), "gold_at_end": float(end["gold_reward"].mean()),
-            "proxy_gain_after_peak": float(end["proxy_reward"].mean() - history.loc[peak, "proxy_reward_smooth"]),
-            "gold_loss_after_peak": float(fit["gold_at_peak"] - end["gold_reward"].mean())}
+    sweep, values = kl_sweep(profile), kl_sweep_values(profile)
+    fit = gold_fit(sweep["kl"], sweep["gold_reward"])
+    peak = sweep.index[int(np.argmin(np.abs(sweep["kl"].to_numpy() - fit["peak_kl"])))]
+    loosest = "PPO, weak KL"
+    return {"fit": fit, "sweep": sweep, "peak": peak, "loosest": loosest,
+            "rise": paired(values[peak]["gold_reward"], values["SFT"]["gold_reward"]),
+            "fall": paired(values[loosest]["gold_reward"], values[peak]["gold_reward"]),
+            "proxy_after_peak": paired(values[loosest]["proxy_reward"], values[peak]["proxy_reward"])}
+
+
+def check_overoptimisation(shape: dict) -> None:
+    """Lesson 08's story of over-optimisation, each sentence checked against :func:`held_out_overoptimisation`'s
+    numbers (:func:`rrhf_lite.claims.check`: printed when the run shows it, an error naming it when not)."""
+    fit, sweep, peak, loosest = shape["fit"], shape["sweep"], shape["peak"], shape["loosest"]
+    check("the fitted gold reward peaks at a KL above 0, inside the sweep", 0 < fit["peak_kl"] < sweep["kl"].max(),
+          f"peak at KL {fit['peak_kl']:.2f} nats (the sweep reaches {sweep['kl'].max():.2f}); nearest policy: {peak}")
+    check("the gold reward rises from SFT to the peak", shape["rise"].positive,
+          f"gold of {peak} minus SFT's: {shape['rise']}")
+    check("then falls with a looser KL term", shape["fall"].negative,
+          f"gold of {loosest} minus {peak}'s: {shape['fall']}")
+    check("while the proxy reward keeps climbing", shape["proxy_after_peak"].positive,
+          f"proxy of {loosest} minus {peak}'s: {shape['proxy_after_peak']}")
 
 
 def save_results(table: pd.DataFrame, profile, name: str = "results") -> tuple[Path, Path]:

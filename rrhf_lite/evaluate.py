@@ -131,22 +131,44 @@ def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_
     return report, replies, per_reply
 
 
-def bootstrap_interval(per_reply, prompts: int, *, level: float = 0.95, resamples: int = 2000,
+def prompt_means(per_reply, replies_per_prompt: int = 1) -> torch.Tensor:
+    """Per held-out prompt, the mean of its replies' values.
+
+    ``per_reply`` holds ``k * prompts`` values in the order of :func:`rrhf_lite.sources.evaluation_prompts` (the
+    distinct held-out prompts, then the same prompts again, ``k = replies_per_prompt`` times).
+    """
+    values = torch.as_tensor(per_reply, dtype=torch.float64)
+    if values.numel() % replies_per_prompt:
+        raise ValueError(f"{values.numel()} values do not split into {replies_per_prompt} replies per prompt")
+    return values.reshape(replies_per_prompt, -1).mean(dim=0)
+
+
+def bootstrap_interval(per_reply, replies_per_prompt: int = 1, *, level: float = 0.95, resamples: int = 2000,
                        seed: int = 0) -> tuple[float, float]:
     """A percentile bootstrap confidence interval for the mean of ``per_reply`` values, resampling *prompts*.
 
-    ``per_reply`` holds ``k * prompts`` values in the order of :func:`rrhf_lite.pipeline.evaluation_prompts` (the
-    held-out prompts, then the same prompts again, ``k`` times): replies to one prompt are not independent of each
-    other, so the unit that is resampled is the prompt, with all its replies. (One value per prompt: ``k = 1``.)
-    The interval covers evaluation noise only (which prompts were drawn, what was sampled), not the spread between
-    training runs with other seeds.
+    Replies to one prompt are not independent of each other, so the unit that is resampled is the distinct prompt,
+    with all its replies (:func:`prompt_means`): the interval rests on as many prompts as there are distinct ones.
+    It covers evaluation noise only (which prompts were drawn, what was sampled), not the spread between training
+    runs with other seeds.
     """
-    values = torch.as_tensor(per_reply, dtype=torch.float64)
-    if values.numel() % prompts:
-        raise ValueError(f"{values.numel()} values do not split into {prompts} prompts")
-    per_prompt = values.reshape(-1, prompts).mean(dim=0)  # [prompts]
+    per_prompt = prompt_means(per_reply, replies_per_prompt)
+    prompts = len(per_prompt)
     picks = torch.randint(prompts, (resamples, prompts), generator=torch.Generator().manual_seed(seed))
     means = per_prompt[picks].mean(dim=1)
     tail = (1 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return lo, hi
+
+
+def paired_difference(a, b, replies_per_prompt: int = 1, **bootstrap) -> tuple[float, float, float]:
+    """How much ``a`` exceeds ``b`` on the same held-out prompts: the mean difference and its bootstrap interval.
+
+    Every method answers the same prompts, so two methods are compared prompt by prompt: per prompt, the mean of
+    ``a``'s replies minus the mean of ``b``'s, and the prompts resampled (:func:`bootstrap_interval`). This is the
+    test to read, not whether the two methods' own intervals overlap: intervals that overlap can still hide a clear
+    paired difference, because much of each method's spread is which prompts are easy, and that cancels. A difference
+    whose interval contains 0 is not a finding. Returns ``(mean, lo, hi)``.
+    """
+    diff = prompt_means(a, replies_per_prompt) - prompt_means(b, replies_per_prompt)
+    return (float(diff.mean()), *bootstrap_interval(diff, **bootstrap))

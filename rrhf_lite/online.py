@@ -15,6 +15,10 @@ data, and trained the policy again. One such round:
 4. **re-rank** the candidates of lesson 03 plus the policy's own replies with the new reward model;
 5. **train** the method again, from the SFT model, on the new rankings.
 
+The round changes two things at once: the reward model, and the candidate pool (the policy's replies join lesson
+03's). To tell them apart, the round also trains an **ablation**: the same larger pool ranked by the *old* reward
+model. Round 1 against the ablation is the pool's effect; the ablation against round 2, the refreshed reward model's.
+
 :func:`run_round` runs the five steps, top to bottom; :func:`rrhf_lite.pipeline.online_stage` caches its output as
 a stage and hands it what only the pipeline knows (how the reward model is trained and turned into a scorer).
 """
@@ -32,16 +36,17 @@ from .sampling import sample_candidates
 from .world import perceived_scores
 
 
-def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, rankings, old_pairs, gold_fn,
-              train_reward: Callable, scorer: Callable, out: Path, ckpt: Path) -> None:
+def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, rankings, old_pairs, old_reward: Path,
+              gold_fn, train_reward: Callable, scorer: Callable, out: Path, ckpt: Path) -> None:
     """One online round (the module docstring's five steps) into ``out``: ``pairs`` (the fresh comparisons),
     ``reward/`` (the retrained reward model), ``rankings`` (the re-ranked candidates), and the retrained method's
-    ``adapter/`` and ``history.json``; checkpoints under ``ckpt``.
+    ``adapter/`` and ``history.json``; the ablation (the same pool ranked by the old reward model) in ``ablation/``
+    (``rankings``, ``adapter/``, ``history.json``); checkpoints under ``ckpt``.
 
     Args:
         method: ``"rrhf"`` or ``"pro"``, trained from ``sft_model``; ``policy_adapter`` is its first round.
         rankings: lesson 03's rankings (their prompts are the training prompts; their SFT candidates the comparison).
-        old_pairs: the comparisons the first reward model was trained on.
+        old_pairs: the comparisons the first reward model was trained on; ``old_reward`` is that reward model.
         gold_fn: the labellers' hidden judge, ``gold_fn(prompts, replies) -> scores``.
         train_reward: ``train_reward(pairs, out_dir, checkpoint_dir)`` trains a reward model from the SFT model.
         scorer: ``scorer(reward_dir) -> score(prompts, replies)``, a trained reward model as a function.
@@ -67,14 +72,15 @@ def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, ra
     fresh.save_to_disk(out / "pairs")
     # 3. The reward model again, from the SFT model, on the old comparisons plus the fresh ones.
     train_reward(concatenate_datasets([old_pairs, fresh]), out / "reward", ckpt / "reward")
-    # 4. Lesson 03's candidates plus the policy's replies, scored by the new reward model.
-    new_rankings = build_rankings(prompts, {"stage03": list(rankings["responses"]), method: replies},
-                                  scorer(out / "reward"), gold_fn)
-    new_rankings.save_to_disk(out / "rankings")
-    if method == "pro" and profile.pro_ranking_length:
-        new_rankings = shorten_rankings(new_rankings, profile.pro_ranking_length)
-    # 5. The method again, from the SFT model.
-    train_ranking(profile, method, sft_model, new_rankings, out, checkpoint_dir=ckpt / method)
+    # 4. Lesson 03's candidates plus the policy's replies, scored by the new reward model; 5. the method again, from
+    # the SFT model. Then the ablation: the same pool scored by the old reward model, the method trained on it.
+    pool = {"stage03": list(rankings["responses"]), method: replies}
+    for reward_dir, folder, name in ((out / "reward", out, method), (old_reward, out / "ablation", "ablation")):
+        new_rankings = build_rankings(prompts, pool, scorer(reward_dir), gold_fn)
+        new_rankings.save_to_disk(folder / "rankings")
+        if method == "pro" and profile.pro_ranking_length:
+            new_rankings = shorten_rankings(new_rankings, profile.pro_ranking_length)
+        train_ranking(profile, method, sft_model, new_rankings, folder, checkpoint_dir=ckpt / name)
 
 
 def label_pairs(prompts: list[str], replies_a: list[str], replies_b: list[str], gold_fn, temperature: float,

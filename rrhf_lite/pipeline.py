@@ -398,8 +398,9 @@ def online_stage(profile, force: bool = False) -> Path:
     The folder holds ``pairs`` (fresh labelled comparisons: the policy's replies against SFT samples),
     ``reward/`` (the reward model retrained on old + fresh comparisons), ``rankings`` (lesson 03's candidates + the
     policy's replies, scored by the new reward model), ``adapter/`` and ``history.json`` (the method trained again
-    from SFT), ``eval.json`` (measured like every method) and ``online.json`` (both reward models on the policy's
-    replies).
+    from SFT), ``eval.json`` (measured like every method), ``ablation/`` (the same pool ranked by the old reward model,
+    the method trained and measured on it: what separates the new pool's effect from the new reward model's) and
+    ``online.json`` (both reward models on the policy's replies).
     """
     method = profile.online_method
     if method not in ("rrhf", "pro"):
@@ -415,14 +416,15 @@ def online_stage(profile, force: bool = False) -> Path:
         with sampled_replies():  # the policy's and the SFT model's replies, and lesson 03's candidates
             run_round(profile, method=method, sft_model=sft / "model", policy_adapter=first / "adapter",
                       rankings=load_samples(profile, "rankings"),
-                      old_pairs=preference_data(profile, "train", profile.rm_pairs), gold_fn=gold_fn,
+                      old_pairs=preference_data(profile, "train", profile.rm_pairs), old_reward=reward, gold_fn=gold_fn,
                       # held-out accuracy once, at the end: lesson 08 shows that one (the curve is lesson 02's)
                       train_reward=lambda pairs, folder, checkpoints: train_reward_folder(
                           profile, sft, pairs, folder, checkpoints, eval_every=profile.rm_steps),
                       scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
 
     def evaluate_fn(out: Path) -> None:
-        (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
+        for folder in (out, out / "ablation"):
+            (folder / "eval.json").write_text(json.dumps(evaluate_adapter(profile, folder / "adapter"), indent=1))
         # Both reward models on the aligned policies' held-out replies against the SFT model's, prompt by prompt:
         # the comparison a reward model must get right to steer a policy away from SFT.
         measured = evaluation_prompts(profile)
@@ -450,8 +452,8 @@ def trajectory_stage(profile, force: bool = False) -> Path:
     A rollout's own numbers (``history.json``) are 64 training prompts, one reply each, from a policy that is
     changing; a snapshot's are ``eval_prompts`` held-out prompts with fresh samples, and keep the per-reply values
     for intervals. ``trajectory.json`` holds one point per snapshot (``iteration``, ``report``, ``per_reply``), the
-    SFT model first as iteration 0 (KL exactly 0). Lesson 07 fits reward against sqrt(KL) on these points and lesson
-    08 Gao et al.'s form for the gold reward; ``make study`` builds the stage.
+    SFT model first as iteration 0 (KL exactly 0). Lesson 08 fits reward against sqrt(KL) on these points (Bai et al.
+    2022) and follows the gold and proxy reward along the run.
     """
     weak = weak_kl_profile(profile)
     run, samples = method_stage(weak, "ppo"), samples_stage(profile)

@@ -135,33 +135,6 @@ def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = 
     return ax
 
 
-def plot_overoptimisation(history, info: dict, ax=None, x: str = "kl"):
-    """Proxy and gold reward of a PPO run's rollouts against KL (or iteration): points, smoothed lines, the fitted
-    gold curve (``info["curve_kl"]``, ``info["curve_gold"]``, from :func:`rrhf_lite.compare.overoptimisation`; against
-    KL only) and its peak, marked."""
-    ax = _axes(ax)
-    xs = history["kl"] if x == "kl" else history[x]
-    for column, label, colour in (("proxy_reward", "proxy (reward model)", "C0"), ("gold_reward", "gold judge", "C1")):
-        ax.scatter(xs, history[column], s=8, alpha=0.35, color=colour)
-        if x != "kl":
-            ax.plot(xs, history[f"{column}_smooth"], color=colour, label=f"{label}, smoothed")
-        else:
-            order = np.argsort(history["kl_smooth"].to_numpy())
-            ax.plot(history["kl_smooth"].to_numpy()[order], history[f"{column}_smooth"].to_numpy()[order],
-                    color=colour, alpha=0.6, label=f"{label}, smoothed")
-    if x == "kl":
-        ax.plot(info["curve_kl"], info["curve_gold"], "k-", lw=1, label=f"gold fit  {info['curve_label']}")
-        at = info["peak_kl"]
-    else:
-        at = info["peak_iteration"]
-    ax.axvline(at, color="k", ls="--", lw=1)
-    ax.annotate("gold peaks", (at, info["gold_at_peak"]), xytext=(6, 10), textcoords="offset points", fontsize=8)
-    ax.set_xlabel("KL to SFT (nats)" if x == "kl" else x)
-    ax.set_ylabel("reward of the rollouts")
-    ax.legend(fontsize=8)
-    return ax
-
-
 def plot_study(summary, ax=None):
     """Every method of :mod:`rrhf_lite.study` at its mean (KL, gold reward) over training seeds, with 95% intervals
     over seeds in both directions (proxy reward where there is no judge)."""

@@ -59,7 +59,7 @@ class Profile:
     dataset: str = "tiny-world"  # "tiny-world" (built offline), a hub id like "Anthropic/hh-rlhf", or a local path
     world_harmful_fraction: float = 0.25  # share of prompts that ask for something harmful
     world_label_temperature: float = 2.0  # Bradley-Terry temperature of simulated labellers (gold / T + noise)
-    world_test_fraction: float = 0.2  # share of the world's distinct prompts held out for evaluation
+    world_test_fraction: float = 0.25  # share of each topic's requests held out (plus its 2 held-out phrasings)
     pretrain_dialogues: int = 10_000  # dialogues of mixed quality the tiny base model is pretrained on
 
     # --- model --------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class Profile:
     dpo_label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
 
     # --- PPO (notebook 07): one base model, adapters for the rest ------------------------------------
-    ppo_iterations: int = 25  # rounds of (sample a rollout, score it, epochs of updates); KL is on target by ~10
+    ppo_iterations: int = 40  # rounds of (sample a rollout, score it, epochs of updates)
     ppo_rollout_prompts: int = 64  # training prompts per rollout, one sampled reply each
     ppo_epochs: int = 3  # passes over each rollout
     ppo_minibatch_size: int = 16  # rollout replies per gradient step
@@ -152,17 +152,15 @@ class Profile:
     ppo_kl_coef: float = 0.5  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); start value if adaptive
     ppo_kl_estimator: str = "k1"  # per-token KL estimate in the reward: "k1" (log-ratio) or "k3" (always >= 0)
     ppo_adaptive_kl: bool = True  # adapt beta towards ppo_kl_target (Ziegler et al. 2019); False keeps it fixed
-    ppo_kl_target: float = 0.5  # target sequence-level KL (nats): past ~0.6 the weak proxy hurts the gold score
-    ppo_kl_horizon: int = 2_000  # controller horizon in replies: how fast beta reacts
+    ppo_kl_target: float = 0.5  # target sequence-level KL (nats) of the adaptive controller
+    ppo_kl_horizon: int = 256  # controller horizon in replies (4 rollouts): beta moves up to 5% a rollout, so it acts
     ppo_no_eos_penalty: float = -1.0  # score given instead of the reward model's to replies that never end
     ppo_value_init: str = "reward"  # value head initialised from the reward model's head ("reward") or at zero ("zero")
     ppo_snapshot_every: int = 0  # keep the policy's adapter every this many iterations (0: only the final one)
 
     # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
-    overopt_kl_coef: float = 0.02  # fixed beta of the weak-KL PPO run that over-optimises the reward model
-    overopt_iterations: int = 25  # PPO iterations of that run: long enough for gold to peak while proxy climbs
-    overopt_lr: float = 1.4e-4  # its learning rate (decayed linearly to 0): slow enough to see the gold rise first
-    overopt_snapshot_every: int = 3  # its adapter is kept every this many iterations, measured on held-out prompts
+    overopt_kl_coefs: tuple[float, ...] = (0.1, 0.02)  # fixed betas of lesson 08's sweep; the last: "PPO, weak KL"
+    overopt_snapshot_every: int = 8  # the weak-KL run's adapter is kept every this many iterations (held-out points)
     online_method: str = "rrhf"  # the aligned policy that samples the online round's comparisons, trained again
     online_samples_per_prompt: int = 2  # replies it samples per training prompt: one fresh labelled pair each
     bon_table_n: tuple[int, ...] = (4, 16)  # best-of-n rows of the results table (n <= bon_n)
@@ -226,9 +224,6 @@ class ColabT4Profile(Profile):
     bon_table_n: tuple[int, ...] = (2, 8)  # best-of-n rows of the results table (n <= bon_n)
     generation_batch_size: int = 32  # prompts per generate() call: long HH prompts fill a T4 quickly
     ppo_iterations: int = 40  # PPO rollouts of 64 prompts
-    overopt_iterations: int = 40  # iterations of the weak-KL PPO run (lesson 08)
-    overopt_lr: float = 1e-4  # its learning rate
-    overopt_snapshot_every: int = 5  # its adapter is kept every this many iterations
     eval_prompts: int = 100  # held-out HH-RLHF prompts to sample on
     max_new_tokens: int = 128  # HH replies are longer than the tiny world's
     log_every: int = 20  # record metrics every this many steps
@@ -285,8 +280,7 @@ class RehearsalProfile(ColabT4Profile):
     ppo_rollout_prompts: int = 8  # prompts per rollout
     ppo_epochs: int = 1  # passes over each rollout
     ppo_minibatch_size: int = 4  # replies per gradient step
-    overopt_iterations: int = 2  # iterations of the weak-KL PPO run
-    overopt_snapshot_every: int = 1  # snapshot every iteration of it
+    overopt_snapshot_every: int = 1  # snapshot every iteration of the weak-KL run
 
 
 # The fields in which ``rehearsal`` may differ from ``colab-t4``: where the stand-ins come from, what a CPU forces,
@@ -296,19 +290,20 @@ REHEARSAL_CHANGES = frozenset({
     "sft_steps", "sft_warmup_steps", "rm_pairs", "rm_eval_pairs", "rm_steps", "rm_batch_size", "rm_warmup_steps",
     "rm_eval_every", "sample_prompts", "eval_prompts", "max_new_tokens", "ranking_steps",
     "ranking_batch_size", "ranking_warmup_steps", "dpo_steps", "dpo_batch_size", "dpo_warmup_steps",
-    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "overopt_iterations",
-    "overopt_snapshot_every"})
+    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "overopt_snapshot_every"})
 
 PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile,
                                       "rehearsal": RehearsalProfile}
 
 
-def weak_kl_profile(profile: Profile) -> Profile:
-    """The same PPO with a weak, fixed KL penalty and its own length and learning rate (the ``overopt_`` fields): the
-    run that over-optimises the proxy (lesson 08), its adapter kept every ``overopt_snapshot_every`` iterations."""
-    return dataclasses.replace(profile, ppo_kl_coef=profile.overopt_kl_coef, ppo_adaptive_kl=False,
-                               ppo_iterations=profile.overopt_iterations, ppo_lr=profile.overopt_lr,
-                               ppo_snapshot_every=profile.overopt_snapshot_every)
+def weak_kl_profile(profile: Profile, kl_coef: float | None = None) -> Profile:
+    """The same PPO with only its KL term changed: a fixed coefficient ``kl_coef`` (one of ``overopt_kl_coefs``; by
+    default the last and weakest, the run that over-optimises the proxy in lesson 08) instead of lesson 07's adaptive
+    one. The weakest run's adapter is also kept every ``overopt_snapshot_every`` iterations."""
+    weakest = profile.overopt_kl_coefs[-1]
+    kl_coef = weakest if kl_coef is None else kl_coef
+    return dataclasses.replace(profile, ppo_kl_coef=kl_coef, ppo_adaptive_kl=False,
+                               ppo_snapshot_every=profile.overopt_snapshot_every if kl_coef == weakest else 0)
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

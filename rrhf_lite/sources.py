@@ -63,14 +63,22 @@ def sft_data(profile):
 
 
 def eval_prompts(profile) -> list[str]:
-    """Held-out prompts on which every lesson samples and judges its model."""
+    """``profile.eval_prompts`` distinct held-out prompts, on which every lesson samples and judges its model.
+
+    Tiny world: test requests, none of them in any training data (:meth:`~rrhf_lite.world.TinyWorld.held_out_prompts`).
+    Real data: the first distinct prompts of the test split (HH-RLHF repeats some prompts across rows); fewer if the
+    split has fewer.
+    """
     if is_tiny_world(profile):
-        return TinyWorld.from_profile(profile).sample_prompts(profile.eval_prompts, "test")
-    return list(preference_data(profile, "test", profile.eval_prompts)["prompt"])
+        return TinyWorld.from_profile(profile).held_out_prompts(profile.eval_prompts)
+    rows = preference_data(profile, "test", 4 * profile.eval_prompts)["prompt"]
+    return list(dict.fromkeys(rows))[:profile.eval_prompts]
 
 
 def evaluation_prompts(profile) -> list[str]:
-    """The held-out prompts, each ``eval_samples_per_prompt`` times: what a model is measured on (see 08)."""
+    """The held-out prompts, each ``eval_samples_per_prompt`` times: what a model is measured on (see 08). Replies
+    to one prompt are not independent, so intervals resample the distinct prompts
+    (:func:`rrhf_lite.evaluate.bootstrap_interval`)."""
     return eval_prompts(profile) * profile.eval_samples_per_prompt
 
 

@@ -1,4 +1,4 @@
-"""Several training seeds of every method, on the same SFT model and reward model: which differences are real?
+"""Several training seeds of every method, on the same SFT model and reward model: which differences hold over seeds?
 
 One run of each method (lesson 08's table) mixes two kinds of noise: *evaluation* noise (which held-out prompts, what
 was sampled; the table's bootstrap intervals) and *training* noise (another seed gives other adapters, another batch
@@ -6,12 +6,16 @@ order, other PPO rollouts). A single seed cannot show the second. The study trai
 ``seeds`` training seeds each (``profile.method_seed``; SFT, the reward model, the candidates and the evaluation prompts
 stay the same), DPO also on the perplexity-filtered pairs and on a random subset of the same size (the filter
 isolated), and PRO also with rankings of 2, 3 and 4 candidates. It reports per method the mean over seeds with a
-95% t-interval, and for every pair of methods the difference of their mean gold reward with its interval: a
-difference counts only when its interval excludes 0.
+95% t-interval, and for every pair of methods the difference of their mean gold reward with its interval and Welch's
+test. With many pairs, some intervals exclude 0 by chance alone, so a difference is reported as shown only when it
+passes after Holm's correction for the number of pairs compared (at 3 seeds a t-interval is wide: its multiplier is
+4.30, not 1.96).
 
-It also measures the weak-KL PPO run of lesson 08 (a small fixed KL coefficient) on held-out prompts at snapshots
-along its training (:func:`rrhf_lite.pipeline.trajectory_stage`): the points on which lesson 07 fits reward
-against sqrt(KL) (Bai et al. 2022) and Gao et al.'s over-optimisation form.
+It also trains lesson 08's KL sweep (PPO with fixed KL coefficients) with every training seed: whether the
+over-optimisation that lesson 08 shows for one seed (across the sweep the gold reward rises, peaks at a KL above 0 and
+falls while the proxy climbs, :func:`rrhf_lite.compare.held_out_overoptimisation`) has the same shape for every
+seed; and measures the weak-KL run of the default seed on held-out prompts at snapshots along its training
+(:func:`rrhf_lite.pipeline.trajectory_stage`).
 
 Run it with ``make study`` (``python -m rrhf_lite.study --seeds 3``); it writes ``runs/<profile>/study.json`` (and the
 tables as CSV, and a frontier with error bars in ``figures/``). Lessons 05, 07 and 08 show it when it is there and
@@ -29,8 +33,9 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .compare import fitted_curve, gold_fit, held_out_trajectory, sqrt_kl_fit
+from .compare import fitted_curve, gold_fit, held_out_overoptimisation, held_out_trajectory, sqrt_kl_fit
 from .pipeline import METHOD_FIELDS, method_stage
 from .plots import plot_study, save_figure
 from .profiles import get_profile
@@ -47,7 +52,7 @@ METHODS = (("RRHF", "rrhf", "pairs", {}), ("PRO", "pro", "pairs", {}), ("DPO", "
            # and the candidates spread between; "PRO" above keeps all samples_per_prompt + base + expert candidates
            *((f"PRO, length {n}", "pro", "pairs", {"pro_ranking_length": n}) for n in (2, 3, 4)))
 # what the weak-KL PPO run depends on besides the methods' fields (its held-out trajectory is in the study)
-TRAJECTORY_FIELDS = ("overopt_kl_coef", "overopt_iterations", "overopt_lr", "overopt_snapshot_every")
+TRAJECTORY_FIELDS = ("overopt_kl_coefs", "overopt_snapshot_every")
 MEASURES = ("gold_reward", "proxy_reward", "kl", "win_rate_vs_sft")
 # Two-sided 95% critical values of Student's t with df = 1 .. 10 degrees of freedom (1.96 is the limit).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -78,9 +83,27 @@ def run_study(profile, seeds: int = 3, progress: bool = True) -> dict:
         folder = method_stage(dataclasses.replace(profile, method_seed=seed, **changes), method, data)
         report = read_output(folder, "eval")["report"]
         runs.append({"method": name, "seed": seed, **{m: report.get(m, np.nan) for m in MEASURES}})
-    if progress:
-        print("study: the weak-KL PPO run on held-out prompts at its snapshots", flush=True)
-    return {**summarise(pd.DataFrame(runs), profile, seeds), **trajectory(profile)}
+    shapes = []
+    for seed in range(seeds):
+        if progress:
+            print(f"study: the KL sweep, training seed {seed}", flush=True)
+        shapes.append({"seed": seed, **overoptimisation_shape(dataclasses.replace(profile, method_seed=seed))})
+    return {**summarise(pd.DataFrame(runs), profile, seeds), **trajectory(profile), "overoptimisation": shapes}
+
+
+def overoptimisation_shape(profile) -> dict:
+    """One training seed's KL sweep in numbers (:func:`~rrhf_lite.compare.held_out_overoptimisation`): the fitted
+    peak, the rise, the fall and the proxy after the peak with their intervals, and whether each part of the shape is
+    shown (``shape_shown``: a peak at KL above 0, a rise and a fall each excluding 0, the proxy still climbing)."""
+    shape = held_out_overoptimisation(profile)
+    row = {"peak_kl": float(shape["fit"]["peak_kl"]), "peak": shape["peak"],
+           "max_kl": float(shape["sweep"]["kl"].max())}
+    for part in ("rise", "fall", "proxy_after_peak"):
+        d = shape[part]
+        row.update({part: d.mean, f"{part}_lo": d.lo, f"{part}_hi": d.hi})
+    row["shape_shown"] = bool(0 < row["peak_kl"] < row["max_kl"] and shape["rise"].positive
+                              and shape["fall"].negative and shape["proxy_after_peak"].positive)
+    return row
 
 
 def trajectory(profile) -> dict:
@@ -98,9 +121,25 @@ def trajectory(profile) -> dict:
     return out
 
 
+def holm(p_values, level: float = 0.05) -> list[bool]:
+    """Holm's (1979) step-down correction: which of ``m`` tests are rejected at family-wise error ``level``.
+
+    Sort the p-values; the i-th smallest (from 0) is compared with ``level / (m - i)``; reject up to the first that
+    fails, and none after it. Any set of true null hypotheses is rejected, all together, with probability at most
+    ``level`` (Bonferroni's guarantee, with more power)."""
+    order = np.argsort(p_values)
+    rejected = [False] * len(order)
+    for rank, i in enumerate(order):
+        if p_values[i] > level / (len(order) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
 def summarise(runs: pd.DataFrame, profile, seeds: int) -> dict:
     """Per method: mean and 95% t-interval over seeds of every measure; per pair of methods: the difference of their
-    mean gold reward (or proxy reward where there is no judge) with its interval and whether it excludes 0."""
+    mean gold reward (or proxy reward where there is no judge) with its Welch interval and p-value, and whether it
+    passes Holm's correction over all the pairs (``shown``)."""
     summary = []
     for name, group in runs.groupby("method", sort=False):
         row = {"method": name, "seeds": len(group)}
@@ -113,9 +152,16 @@ def summarise(runs: pd.DataFrame, profile, seeds: int) -> dict:
     for a, b in itertools.combinations(runs["method"].unique(), 2):
         xa, xb = (runs.loc[runs["method"] == m, measure].to_numpy(dtype=float) for m in (a, b))
         diff = float(xa.mean() - xb.mean())
-        half = t_quantile(min(len(xa), len(xb)) - 1) * math.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb))
-        differences.append({"a": a, "b": b, "measure": measure, "difference": diff, "lo": diff - half,
-                            "hi": diff + half, "real": bool(diff - half > 0 or diff + half < 0)})
+        if np.ptp(xa) == np.ptp(xb) == 0:  # no spread at all: t is undefined; only an exact tie is no difference
+            lo = hi = diff
+            p = 1.0 if diff == 0 else 0.0
+        else:
+            welch = stats.ttest_ind(xa, xb, equal_var=False)
+            (lo, hi), p = welch.confidence_interval(0.95), float(welch.pvalue)
+        differences.append({"a": a, "b": b, "measure": measure, "difference": diff, "lo": float(lo), "hi": float(hi),
+                            "p": p})
+    for d, shown in zip(differences, holm([d["p"] for d in differences])):
+        d["shown"] = bool(shown)
     return {"profile": profile.name, "seeds": seeds, "settings": settings(profile),
             "runs": runs.to_dict(orient="records"), "summary": summary, "differences": differences}
 
@@ -152,10 +198,12 @@ def load_study(profile) -> dict | None:
 
 
 def describe(study: dict) -> str:
-    """The study's differences in words: which are larger than their intervals, which are not."""
+    """The study's differences in words: which pass Holm's correction over all the pairs, which do not."""
+    pairs = len(study["differences"])
     lines = []
     for d in study["differences"]:
-        verdict = "real" if d["real"] else "not distinguishable"
+        verdict = (f"the difference holds (p = {d['p']:.3f}, within Holm's correction over {pairs} pairs)" if d["shown"]
+                   else f"no difference shown (p = {d['p']:.3f}; Holm's correction over {pairs} pairs)")
         lines.append(f"{d['a']} - {d['b']}: {d['measure']} {d['difference']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] "
                      f"over {study['seeds']} seeds: {verdict}")
     return "\n".join(lines)

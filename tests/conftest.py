@@ -58,7 +58,8 @@ def pytest_collection_modifyitems(items):
     kept.
     """
     heavy_lessons = ("test_lesson[tiny-06_dpo]", "test_lesson[tiny-05_pro]")
-    needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-")
+    needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-",
+                         "test_lesson_08s_overoptimisation_check")
 
     def rank(item) -> int:
         if item.nodeid.endswith("test_results_table_on_the_tiny_profile"):

@@ -14,6 +14,7 @@ import torch
 
 from rrhf_lite import build, compare, pipeline
 from rrhf_lite.best_of_n import best_of_n_expectation
+from rrhf_lite.claims import ClaimNotShown, Difference
 from rrhf_lite.online import label_pairs, ranks_like_gold
 from rrhf_lite.profiles import get_profile
 
@@ -38,21 +39,17 @@ def test_gold_fit_in_the_best_of_n_form_and_curves_that_never_turn():
         compare.gold_fit(kl, kl, form="linear")
 
 
-def test_overoptimisation_finds_the_gold_peak_and_the_proxy_gain_after_it():
-    iterations = np.arange(1, 21)
-    kl = iterations * 0.2
-    d = np.sqrt(kl)
-    history = pd.DataFrame({"iteration": iterations, "kl": kl, "proxy_reward": iterations * 0.1,  # climbs
-                            "gold_reward": 2.0 + d * (1.0 - 2.0 * np.log(d))})  # RL form, peaks at d = e^-0.5
-    for c in ("kl", "proxy_reward", "gold_reward"):
-        history[f"{c}_smooth"] = history[c]
-    info = compare.overoptimisation(history, tail=1)
-    peak_kl = np.exp(-1.0)  # d*^2 = 0.37: nearest rollout KL 0.4 = iteration 2
-    assert info["peak_kl"] == pytest.approx(peak_kl) and info["peak_iteration"] == 2
-    assert info["gold_at_peak"] == pytest.approx(2.0 + 2.0 * np.sqrt(peak_kl))
-    assert info["proxy_gain_after_peak"] == pytest.approx(2.0 - 0.2)
-    assert info["gold_loss_after_peak"] == pytest.approx(info["gold_at_peak"] - history["gold_reward"].iloc[-1])
-    assert info["curve_gold"][0] == pytest.approx(2.0)
+def test_the_overoptimisation_check_names_the_first_part_of_the_shape_that_is_missing(capsys):
+    sweep = pd.DataFrame({"kl": [0.0, 0.5, 2.0, 6.0]}, index=["SFT", "PPO", "PPO, fixed KL 0.1", "PPO, weak KL"])
+    up, down = Difference(0.3, 0.1, 0.5, 200), Difference(-1.0, -1.3, -0.7, 200)
+    shape = {"fit": {"peak_kl": 0.4}, "sweep": sweep, "peak": "PPO", "loosest": "PPO, weak KL", "rise": up,
+             "fall": down, "proxy_after_peak": up}
+    compare.check_overoptimisation(shape)
+    assert capsys.readouterr().out.count("✓") == 4
+    with pytest.raises(ClaimNotShown, match="rises from SFT to the peak"):
+        compare.check_overoptimisation({**shape, "rise": Difference(0.1, -0.1, 0.3, 200)})
+    with pytest.raises(ClaimNotShown, match="peaks at a KL above 0"):
+        compare.check_overoptimisation({**shape, "fit": {"peak_kl": 0.0}})
 
 
 def test_training_trajectory_smooths_each_curve(tmp_path):
@@ -104,12 +101,15 @@ def test_ranks_like_gold_is_1_for_the_judge_itself_and_0_for_its_opposite_and_sk
     assert ranks_like_gold(anti, gold, *args) == {"agreement": 0.0, "pairs": 2}
 
 
-def test_weak_kl_profile_changes_only_ppo_s_kl_penalty_length_learning_rate_and_snapshots():
+def test_the_kl_sweep_changes_only_ppo_s_kl_term():
     profile = get_profile("tiny")
-    weak = compare.weak_kl_profile(profile)
-    changed = {k for k, v in weak.to_dict().items() if v != getattr(profile, k)}
-    assert changed <= {"ppo_kl_coef", "ppo_adaptive_kl", "ppo_iterations", "ppo_lr", "ppo_snapshot_every"}
-    assert weak.ppo_kl_coef == profile.overopt_kl_coef and not weak.ppo_adaptive_kl
+    sweep = compare.kl_sweep_profiles(profile)
+    assert list(sweep) == ["PPO, fixed KL 0.1", "PPO, weak KL"]
+    for beta, weak in zip(profile.overopt_kl_coefs, sweep.values()):
+        changed = {k for k, v in weak.to_dict().items() if v != getattr(profile, k)}
+        assert changed <= {"ppo_kl_coef", "ppo_adaptive_kl", "ppo_snapshot_every"}
+        assert weak.ppo_kl_coef == beta and not weak.ppo_adaptive_kl
+    assert compare.weak_kl_profile(profile).ppo_snapshot_every == profile.overopt_snapshot_every
 
 
 def test_results_table_on_the_tiny_profile(tmp_path):
@@ -118,17 +118,27 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     # The stages that only this table and lesson 08 need, first, built as make main builds them beside lessons 04-07:
     # meanwhile the other pytest worker builds the methods that tests/test_pipeline.py asks for (RRHF, PRO, DPO, PPO),
     # so the two workers build different stages. Lesson 08 then finds them under the keys it asks for.
-    built = build.main(["rrhf", "online", "ppo-weak", "--profile", "tiny"])
+    built = build.main(["rrhf", "online", "ppo-sweep", "ppo-trajectory", "--profile", "tiny"])
     assert built["online"] == str(pipeline.online_stage(profile))
-    assert built["ppo-weak"] == str(pipeline.method_stage(compare.weak_kl_profile(profile), "ppo"))
+    assert built["ppo-sweep"] == str(pipeline.method_stage(compare.weak_kl_profile(profile), "ppo"))
     table = compare.results_table(profile)
-    expected = {"SFT", "RRHF", "PRO", "DPO", "PPO", "PPO, weak KL", "RRHF, online round",
+    expected = {"SFT", "RRHF", "PRO", "DPO", "PPO", "PPO, fixed KL 0.1", "PPO, weak KL", "RRHF, online round",
                 *(f"best-of-{n}" for n in profile.bon_table_n)}
     assert set(table.index) == expected and list(table.columns) == list(compare.COLUMNS)
     assert table.loc["SFT", "kl"] == 0.0 and table.loc["SFT", "win_rate_vs_sft"] == 0.5
     assert (table["kl"] >= 0).all(), table["kl"]
-    measured = table[[c for c in table.columns if not c.endswith(("_lo", "_hi"))]]
+    measured = table[[c for c in table.columns if not c.endswith(("_lo", "_hi"))]].drop(columns="kl_vs_sft")
     assert measured.notna().all().all() and np.isfinite(measured.to_numpy(dtype=float)).all()
+    # every interval rests on the distinct held-out prompts; every paired difference from SFT is the difference of
+    # the two means (the same prompts, as often each), inside its interval; SFT's from itself is exactly 0
+    assert (table["prompts"] == profile.eval_prompts).all() and len(set(pipeline.eval_prompts(profile))) == 200
+    for column in compare.PAIRED:
+        rows = trained_rows(table) if column == "kl" else list(table.index)
+        diff = table.loc[rows, f"{column}_vs_sft"]
+        assert np.allclose(diff, table.loc[rows, column] - table.loc["SFT", column]), column
+        assert (table.loc[rows, f"{column}_vs_sft_lo"] <= diff + 1e-9).all(), column
+        assert (diff <= table.loc[rows, f"{column}_vs_sft_hi"] + 1e-9).all(), column
+        assert table.loc["SFT", [f"{column}_vs_sft", f"{column}_vs_sft_lo", f"{column}_vs_sft_hi"]].tolist() == [0] * 3
     # every measured column has its interval around it, except best-of-n's KL, which is a bound, not a measurement
     for column in compare.MEASURED:
         lo, hi = table[f"{column}_lo"], table[f"{column}_hi"]
@@ -148,18 +158,42 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     assert [row["method"] for row in json.loads(js.read_text())["rows"]] == list(table.index)
 
 
+def test_lesson_08s_overoptimisation_check_fails_when_the_sweep_stays_firm():
+    """Lesson 08's over-optimisation story rests on its KL sweep reaching past the gold peak. With one setting changed,
+    a sweep whose loosest coefficient is nearly as firm as lesson 07's PPO (0.4 instead of 0.02), the same check that
+    lesson 08 runs (compare.check_overoptimisation) must fail, naming the sentence this run no longer supports (here
+    the first: no peak inside the sweep, since the gold reward never turns down)."""
+    profile = get_profile("tiny", overopt_kl_coefs=(0.4,))
+    with pytest.raises(ClaimNotShown, match="the lesson says: "):
+        compare.check_overoptimisation(compare.held_out_overoptimisation(profile))
+
+
 def trained_rows(table) -> list[str]:
     return [name for name in table.index if not name.startswith("best-of-")]
 
 
 def test_intervals_and_their_display():
-    per_reply = {"gold_reward": [1.0, 3.0, 3.0, 1.0], "proxy_reward": [0.5] * 4}  # two prompts, two replies each
-    bounds = compare.intervals(per_reply, prompts=2)
+    values = compare.per_prompt({"gold_reward": [1.0, 3.0, 3.0, 1.0], "proxy_reward": [0.5] * 4}, 2)  # two prompts
+    sft = {"gold_reward": torch.tensor([1.0, 1.5], dtype=torch.float64)}
+    bounds = compare.intervals(values, sft)
     assert bounds["gold_reward_lo"] == pytest.approx(2.0) and bounds["gold_reward_hi"] == pytest.approx(2.0)
     assert bounds["proxy_reward_lo"] == bounds["proxy_reward_hi"] == pytest.approx(0.5)
-    assert np.isnan(bounds["kl_lo"]) and np.isnan(compare.intervals(None, 2)["win_rate_vs_sft_hi"])  # not measured
+    assert bounds["gold_reward_vs_sft"] == pytest.approx(0.75)  # (2 - 1 + 2 - 1.5) / 2
+    assert bounds["gold_reward_vs_sft_lo"] == pytest.approx(0.5) and bounds["gold_reward_vs_sft_hi"] == pytest.approx(1)
+    assert np.isnan(bounds["proxy_reward_vs_sft"]) and bounds["prompts"] == 2  # SFT has no proxy values here
+    assert np.isnan(bounds["kl_lo"]) and np.isnan(compare.intervals({})["win_rate_vs_sft_hi"])  # not measured
     table = pd.DataFrame([{"method": "A", "gold_reward": 2.0, "proxy_reward": 0.5, "kl": 0.25,
                            "win_rate_vs_sft": 0.5, **bounds}]).set_index("method")
     shown = compare.with_intervals(table)
     assert shown.loc["A", "gold_reward"] == "2.00 [2.00, 2.00]" and shown.loc["A", "kl"] == "0.25"
+    assert shown.loc["A", "gold_reward_vs_sft"] == "0.75 [0.50, 1.00]" and shown.loc["A", "kl_vs_sft"] == "n/a"
     assert not any(c.endswith(("_lo", "_hi")) for c in shown.columns)
+
+
+def test_paired_table_gives_a_verdict_only_where_the_interval_excludes_0():
+    easy_and_hard = torch.tensor([5.0, -5.0] * 50, dtype=torch.float64)
+    values = {"A": {"gold_reward": easy_and_hard + 0.5}, "B": {"gold_reward": easy_and_hard},
+              "C": {"gold_reward": easy_and_hard + torch.tensor([1.0, -1.0] * 50, dtype=torch.float64)}}
+    table = compare.paired_table(values, [("A", "B"), ("B", "A"), ("C", "B")])
+    assert table["verdict"].tolist() == ["A above B", "B below A", "no difference shown"]
+    assert table["gold_reward a - b"].tolist() == pytest.approx([0.5, -0.5, 0.0])

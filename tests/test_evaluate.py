@@ -94,14 +94,35 @@ def test_kl_from_sampled_ids_matches_the_exact_kl():
 def test_bootstrap_interval_resamples_prompts():
     from rrhf_lite.evaluate import bootstrap_interval
 
-    assert bootstrap_interval([2.0] * 12, prompts=6) == pytest.approx((2.0, 2.0))  # no spread, no interval
+    assert bootstrap_interval([2.0] * 12, replies_per_prompt=2) == pytest.approx((2.0, 2.0))  # no spread, no interval
     # Two replies per prompt, in evaluation order (all prompts, then all prompts again): each prompt's two replies
     # average to the same value, so resampling prompts finds no spread although single replies vary widely.
-    assert bootstrap_interval([0.0, 10.0, 4.0, 10.0, 0.0, 6.0], prompts=3) == pytest.approx((5.0, 5.0))
+    assert bootstrap_interval([0.0, 10.0, 4.0, 10.0, 0.0, 6.0], replies_per_prompt=2) == pytest.approx((5.0, 5.0))
     # Normal values: the interval is about mean +- 1.96 sd / sqrt(n).
     values = torch.randn(400, generator=torch.Generator().manual_seed(0)).tolist()
-    lo, hi = bootstrap_interval(values, prompts=400)
+    lo, hi = bootstrap_interval(values)
     mean = sum(values) / 400
     assert lo < mean < hi and (hi - lo) / 2 == pytest.approx(1.96 / 20, rel=0.15)
+    # 40 distinct prompts asked 10 times each, replies alike within a prompt: the interval rests on 40 prompts, not
+    # on 400 replies, and is about sqrt(10) times wider than treating the replies as independent would make it.
+    per_prompt = torch.randn(40, generator=torch.Generator().manual_seed(1))
+    replies = per_prompt.repeat(10) + 0.01 * torch.randn(400, generator=torch.Generator().manual_seed(2))
+    clustered, independent = bootstrap_interval(replies, 10), bootstrap_interval(replies)
+    assert (clustered[1] - clustered[0]) / (independent[1] - independent[0]) == pytest.approx(10 ** 0.5, rel=0.25)
     with pytest.raises(ValueError, match="split"):
-        bootstrap_interval([1.0, 2.0, 3.0], prompts=2)
+        bootstrap_interval([1.0, 2.0, 3.0], replies_per_prompt=2)
+
+
+def test_paired_difference_cancels_what_the_prompts_share():
+    """Two methods on the same prompts: prompt difficulty varies a lot, the methods differ by 0.3 on every prompt.
+    Their own intervals overlap; the paired difference is 0.3 with a narrow interval that excludes 0."""
+    from rrhf_lite.evaluate import bootstrap_interval, paired_difference
+
+    difficulty = 3 * torch.randn(100, generator=torch.Generator().manual_seed(0))
+    noise = 0.1 * torch.randn(200, generator=torch.Generator().manual_seed(1))
+    a, b = difficulty.repeat(2) + 0.3 + noise, difficulty.repeat(2)
+    (a_lo, a_hi), (b_lo, b_hi) = bootstrap_interval(a, 2), bootstrap_interval(b, 2)
+    assert a_lo < b_hi and b_lo < a_hi  # the separate intervals overlap
+    mean, lo, hi = paired_difference(a, b, 2)
+    assert mean == pytest.approx(0.3, abs=0.02) and 0.25 < lo < mean < hi < 0.35
+    assert paired_difference(b, b, 2) == pytest.approx((0.0, 0.0, 0.0))

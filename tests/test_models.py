@@ -98,7 +98,8 @@ def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():
     from rrhf_lite.pretrain import lm_batches, lm_step
 
     tokenizer = build_tokenizer(TinyWorld(seed=0).dialogues(3000), vocab_size=1024)  # other tests change the fixture's
-    texts = TinyWorld(seed=1).dialogues(16)
+    texts = sorted(TinyWorld(seed=1).dialogues(64), key=len)
+    texts = texts[:8] + texts[-8:]  # short and long dialogues in one batch
     batch = next(iter(lm_batches(tokenizer, texts, batch_size=16, max_length=128, seed=0)))
     lengths = batch["attention_mask"].sum(-1)
     assert lengths.max() > 1.5 * lengths.float().median()  # enough padding for two groups

@@ -30,6 +30,21 @@ def test_train_and_test_prompts_are_disjoint_and_cover_harmful_topics():
     assert 0.2 < len(harmful) / 2000 < 0.3  # harmful_fraction = 0.25
 
 
+def test_held_out_prompts_are_distinct_never_trained_on_and_include_unseen_phrasings():
+    w = TinyWorld(seed=0)
+    held_out = w.held_out_prompts(200)
+    assert len(set(held_out)) == 200 and held_out == TinyWorld(seed=0).held_out_prompts(200)
+    train_requests = {request for request, _ in w._split["train"]}
+    assert not {p.split("Human: ")[1].split("\n")[0] for p in held_out} & train_requests
+    assert sum(world.topic_of(p).harmful for p in held_out) == 50  # harmful_fraction 0.25, exactly
+    unseen = [t for t in world.PROMPT_TEMPLATES[-world.HELD_OUT_TEMPLATES:]]
+    assert not any(t.format(task=task) in train_requests for t in unseen for task in world.TOPICS)
+    assert any(any(t.format(task=world.topic_of(p).task) in p for t in unseen) for p in held_out)
+    assert {world.topic_of(p).task for p in held_out} == set(world.TOPICS)  # every topic, in both splits
+    with pytest.raises(ValueError, match="at most 256 distinct prompts"):
+        w.held_out_prompts(300)
+
+
 PICK_LOCK = format_prompt("How do I pick a lock to get into my neighbor's house?")
 BREAD = format_prompt("How do I bake bread?")
 
