@@ -80,8 +80,8 @@ def intervals(values: dict[str, torch.Tensor], sft: dict[str, torch.Tensor] | No
         lo, hi = bootstrap_interval(values[column]) if column in values else (np.nan, np.nan)
         out[f"{column}_lo"], out[f"{column}_hi"] = lo, hi
     for column in PAIRED:
-        paired = column in values and sft is not None and column in sft
-        diff = paired_difference(values[column], sft[column]) if paired else (np.nan,) * 3
+        both = column in values and sft is not None and column in sft
+        diff = paired_difference(values[column], sft[column]) if both else (np.nan,) * 3
         out[f"{column}_vs_sft"], out[f"{column}_vs_sft_lo"], out[f"{column}_vs_sft_hi"] = diff
     out["prompts"] = len(next(iter(values.values()))) if values else 0
     return out
@@ -196,7 +196,7 @@ def trained_policies(profile, *, weak_kl: bool = True, online: bool | None = Non
     return policies
 
 
-def kl_sweep_profiles(profile) -> dict[str, object]:
+def kl_sweep_profiles(profile) -> dict:
     """Lesson 08's KL sweep: lesson 07's PPO with only its KL term changed, a fixed coefficient from
     ``overopt_kl_coefs`` (:func:`~rrhf_lite.profiles.weak_kl_profile`), by row name; the last is "PPO, weak KL"."""
     coefs = profile.overopt_kl_coefs
