@@ -285,16 +285,6 @@ def best_of_n_draws(profile, ns: list[int] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_trajectory(folder: Path, smooth: int = 5) -> pd.DataFrame:
-    """A PPO run's rollouts: iteration, KL, proxy and gold reward, and their moving averages over ``smooth``
-    iterations (each rollout has only ``ppo_rollout_prompts`` replies, so single points are noisy)."""
-    history = pd.DataFrame(read_output(folder, "history")["history"])
-    columns = [c for c in ("kl", "proxy_reward", "gold_reward") if c in history and history[c].notna().any()]
-    for c in columns:
-        history[f"{c}_smooth"] = history[c].rolling(smooth, min_periods=1, center=True).mean()
-    return history
-
-
 def trajectory_values(profile) -> dict[int, dict[str, torch.Tensor]]:
     """The weak-KL PPO run at its snapshots (:func:`~rrhf_lite.pipeline.trajectory_stage`, built on first use): per
     iteration (0 is the SFT model), its measured values per held-out prompt."""

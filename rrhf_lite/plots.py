@@ -98,15 +98,14 @@ def plot_calibration(cal, ax=None, title: str = "Reward-model calibration"):
     return ax
 
 
-def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = None, *, sqrt_kl: bool = False,
-                  reward: str = "gold", ax=None, legend: bool = True):
+def plot_frontier(table, bon_curve, bon_draws=None, *, sqrt_kl: bool = False, reward: str = "gold", ax=None,
+                  legend: bool = True):
     """Reward against KL from the SFT model (or against sqrt(KL)): the reward-KL frontier of lesson 08.
 
     ``table`` is :func:`rrhf_lite.compare.results_table` (one marker per method); ``bon_curve`` is best-of-n's exact
     expectation at every n (a line, at the upper bound on its KL); ``bon_draws`` are best-of-n picks actually drawn
-    (hollow markers); ``trajectories`` maps a name to a PPO run's smoothed rollout history (a path through the plane).
-    ``reward`` is "gold" or "proxy". Where the table has ``<column>_lo``/``_hi`` (95% bootstrap intervals over
-    held-out prompts), each method gets error bars in both directions.
+    (hollow markers). ``reward`` is "gold" or "proxy". Where the table has ``<column>_lo``/``_hi`` (95% bootstrap
+    intervals over held-out prompts), each method gets error bars in both directions.
     """
     ax = _axes(ax)
     x = (lambda kl: np.sqrt(np.clip(kl, 0, None))) if sqrt_kl else (lambda kl: np.asarray(kl))
@@ -115,9 +114,6 @@ def plot_frontier(table, bon_curve, bon_draws=None, trajectories: dict | None = 
     if bon_draws is not None:
         ax.scatter(x(bon_draws["kl_bound"]), bon_draws[reward], facecolors="none", edgecolors="0.4",
                    label="best-of-n (drawn)")
-    for name, history in (trajectories or {}).items():
-        ax.plot(x(history["kl_smooth"]), history[f"{reward}_reward_smooth"], ":", alpha=0.8,
-                label=f"{name} (training rollouts)")
     column = f"{reward}_reward"
     for name, row in table.iterrows():
         if name.startswith("best-of-"):

@@ -52,14 +52,6 @@ def test_the_overoptimisation_check_names_the_first_part_of_the_shape_that_is_mi
         compare.check_overoptimisation({**shape, "fit": {"peak_kl": 0.0}})
 
 
-def test_training_trajectory_smooths_each_curve(tmp_path):
-    rows = [{"iteration": i, "kl": float(i), "proxy_reward": float(i % 2), "gold_reward": 1.0} for i in range(6)]
-    (tmp_path / "history.json").write_text(pd.Series({"history": rows}).to_json())
-    history = compare.training_trajectory(tmp_path, smooth=3)
-    assert history["gold_reward_smooth"].tolist() == [1.0] * 6
-    assert history["proxy_reward_smooth"].iloc[1] == pytest.approx(1 / 3)  # mean of 0, 1, 0
-
-
 def test_best_of_n_win_rate_at_n_1_is_the_plain_win_rate():
     # Best-of-1 picks a random sample: its expected "beats the baseline" is the share of samples that beat it.
     gold = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 5.0, 5.0]], dtype=torch.float64)
