@@ -297,9 +297,15 @@ def held_out_trajectory(profile) -> pd.DataFrame:
     snapshot (iteration 0 is the SFT model), the measured columns, their 95% bootstrap intervals over held-out prompts
     and the paired differences from SFT."""
     values = trajectory_values(profile)
-    rows = [{"iteration": iteration, **{c: float(v[c].mean()) for c in MEASURED if c in v},
-             **intervals(v, values[0])} for iteration, v in values.items()]
-    return pd.DataFrame(rows).set_index("iteration")
+    return values_table(values, values[0], "iteration")
+
+
+def values_table(values: dict, sft: dict[str, torch.Tensor], index: str) -> pd.DataFrame:
+    """One row per entry of ``values`` (name -> per-prompt values, :func:`per_prompt`), indexed by ``index``: the
+    measured columns' means, their intervals and the paired differences from ``sft`` (:func:`intervals`)."""
+    rows = [{index: name, **{c: float(v[c].mean()) for c in MEASURED if c in v}, **intervals(v, sft)}
+            for name, v in values.items()]
+    return pd.DataFrame(rows).set_index(index)
 
 
 def sqrt_kl_fit(kl, reward) -> dict:
@@ -364,18 +370,10 @@ def gold_fit(kl, gold, form: str = "rl") -> dict:
     return fit
 
 
-def kl_sweep(profile) -> pd.DataFrame:
-    """Over-optimisation across runs that differ only in their KL term: SFT (KL 0), lesson 07's PPO (adaptive
-    coefficient) and PPO with each fixed coefficient of ``overopt_kl_coefs``, measured on the held-out prompts. One
-    row per policy, in order of KL: its measured columns and intervals, and its paired differences from SFT."""
-    values = kl_sweep_values(profile)
-    rows = [{"policy": name, **{c: float(v[c].mean()) for c in MEASURED if c in v}, **intervals(v, values["SFT"])}
-            for name, v in values.items()]
-    return pd.DataFrame(rows).set_index("policy").sort_values("kl")
-
-
 def kl_sweep_values(profile) -> dict[str, dict[str, torch.Tensor]]:
-    """SFT's, lesson 07's PPO's and each fixed-KL run's measured values per held-out prompt (trained if missing)."""
+    """Over-optimisation across runs that differ only in their KL term: SFT (KL 0), lesson 07's PPO (adaptive
+    coefficient) and PPO with each fixed coefficient of ``overopt_kl_coefs``, their measured values per held-out prompt
+    (trained if missing)."""
     runs = {"PPO": method_stage(profile, "ppo"),
             **{name: method_stage(swept, "ppo") for name, swept in kl_sweep_profiles(profile).items()}}
     return {"SFT": sft_per_prompt(profile),
@@ -385,17 +383,19 @@ def kl_sweep_values(profile) -> dict[str, dict[str, torch.Tensor]]:
 
 def held_out_overoptimisation(profile) -> dict:
     """Gao et al.'s (2022) over-optimisation, measured on held-out prompts across lesson 08's KL sweep
-    (:func:`kl_sweep`): the looser the KL term, the further PPO moves from SFT and the higher the proxy climbs; does the
-    gold reward rise, peak and fall?
+    (:func:`kl_sweep_values`): the looser the KL term, the further PPO moves from SFT and the higher the proxy climbs;
+    does the gold reward rise, peak and fall?
 
     Gao et al.'s RL form is fitted to gold reward against KL over the sweep's policies (:func:`gold_fit`); the *peak*
     is the policy nearest the fitted peak (chosen from the curve through every point, not as the best single point,
     whose height would be flattered by its own noise). Then three paired differences on the same held-out prompts
     (:func:`rrhf_lite.claims.paired`): ``rise`` (gold at the peak minus SFT's), ``fall`` (gold of the run with the
     loosest KL term minus the peak's) and ``proxy_after_peak`` (the same for the proxy reward). Returns them with the
-    fit, the sweep table and the names of the peak and the loosest run.
+    fit, the sweep table (one row per policy in order of KL, :func:`values_table`) and the names of the peak and the
+    loosest run.
     """
-    sweep, values = kl_sweep(profile), kl_sweep_values(profile)
+    values = kl_sweep_values(profile)
+    sweep = values_table(values, values["SFT"], "policy").sort_values("kl")
     fit = gold_fit(sweep["kl"], sweep["gold_reward"])
     peak = sweep.index[int(np.argmin(np.abs(sweep["kl"].to_numpy() - fit["peak_kl"])))]
     loosest = "PPO, weak KL"
@@ -405,18 +405,26 @@ def held_out_overoptimisation(profile) -> dict:
             "proxy_after_peak": paired(values[loosest]["proxy_reward"], values[peak]["proxy_reward"])}
 
 
-def check_overoptimisation(shape: dict) -> None:
-    """Lesson 08's story of over-optimisation, each sentence checked against :func:`held_out_overoptimisation`'s
-    numbers (:func:`rrhf_lite.claims.check`: printed when the run shows it, an error naming it when not)."""
+def overoptimisation_claims(shape: dict) -> list[tuple[str, bool, str]]:
+    """Lesson 08's story of over-optimisation as ``(claim, holds, evidence)``, from :func:`held_out_overoptimisation`'s
+    numbers: a fitted peak inside the sweep, a rise and a fall beyond their intervals, the proxy still climbing."""
     fit, sweep, peak, loosest = shape["fit"], shape["sweep"], shape["peak"], shape["loosest"]
-    check("the fitted gold reward peaks at a KL above 0, inside the sweep", 0 < fit["peak_kl"] < sweep["kl"].max(),
-          f"peak at KL {fit['peak_kl']:.2f} nats (the sweep reaches {sweep['kl'].max():.2f}); nearest policy: {peak}")
-    check("the gold reward rises from SFT to the peak", shape["rise"].positive,
-          f"gold of {peak} minus SFT's: {shape['rise']}")
-    check("then falls with a looser KL term", shape["fall"].negative,
-          f"gold of {loosest} minus {peak}'s: {shape['fall']}")
-    check("while the proxy reward keeps climbing", shape["proxy_after_peak"].positive,
-          f"proxy of {loosest} minus {peak}'s: {shape['proxy_after_peak']}")
+    return [
+        ("the fitted gold reward peaks at a KL above 0, inside the sweep", 0 < fit["peak_kl"] < sweep["kl"].max(),
+         f"peak at KL {fit['peak_kl']:.2f} nats (the sweep reaches {sweep['kl'].max():.2f}); nearest policy: {peak}"),
+        ("the gold reward rises from SFT to the peak", shape["rise"].positive,
+         f"gold of {peak} minus SFT's: {shape['rise']}"),
+        ("then falls with a looser KL term", shape["fall"].negative,
+         f"gold of {loosest} minus {peak}'s: {shape['fall']}"),
+        ("while the proxy reward keeps climbing", shape["proxy_after_peak"].positive,
+         f"proxy of {loosest} minus {peak}'s: {shape['proxy_after_peak']}")]
+
+
+def check_overoptimisation(shape: dict) -> None:
+    """Each of :func:`overoptimisation_claims` checked (:func:`rrhf_lite.claims.check`: printed when the run shows it,
+    an error naming it when not): what lesson 08 runs."""
+    for claim, holds, evidence in overoptimisation_claims(shape):
+        check(claim, holds, evidence)
 
 
 def save_results(table: pd.DataFrame, profile, name: str = "results") -> tuple[Path, Path]:

@@ -35,7 +35,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .compare import fitted_curve, gold_fit, held_out_overoptimisation, held_out_trajectory, sqrt_kl_fit
+from .compare import (
+    fitted_curve,
+    gold_fit,
+    held_out_overoptimisation,
+    held_out_trajectory,
+    overoptimisation_claims,
+    sqrt_kl_fit,
+)
 from .pipeline import METHOD_FIELDS, method_stage
 from .plots import plot_study, save_figure
 from .profiles import get_profile
@@ -101,8 +108,7 @@ def overoptimisation_shape(profile) -> dict:
     for part in ("rise", "fall", "proxy_after_peak"):
         d = shape[part]
         row.update({part: d.mean, f"{part}_lo": d.lo, f"{part}_hi": d.hi})
-    row["shape_shown"] = bool(0 < row["peak_kl"] < row["max_kl"] and shape["rise"].positive
-                              and shape["fall"].negative and shape["proxy_after_peak"].positive)
+    row["shape_shown"] = all(holds for _, holds, _ in overoptimisation_claims(shape))
     return row
 
 
