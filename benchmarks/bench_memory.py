@@ -45,7 +45,7 @@ def worker(spec: dict) -> None:
     from rrhf_lite.memory import ADAPTER_BYTES, GIB, Shapes, adapter_parameters, estimate_memory
     from rrhf_lite.models import load_for_training
     from rrhf_lite.profiles import get_profile
-    from rrhf_lite.ranking import collate_rankings, loss_function, ranking_step
+    from rrhf_lite.ranking import collate_rankings, ranking_step
     from rrhf_lite.reward import collate_comparisons, reward_step
     from rrhf_lite.sft import sft_step
 
@@ -83,7 +83,7 @@ def worker(spec: dict) -> None:
         rows = [{"candidates": [sequence() for _ in range(per_prompt)],
                  "scores": [float(-i) for i in range(per_prompt)]} for _ in range(count)]
         collate = functools.partial(collate_rankings, pad_token_id=pad)
-        step, batch_size = functools.partial(ranking_step, loss_fn=loss_function(profile, "rrhf")), \
+        step, batch_size = functools.partial(ranking_step, loss_fn=profile.rrhf_config().loss()), \
             profile.ranking_batch_size
     batches = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate)
     with torch.no_grad():  # what runs once per process (lazy imports, kernels' set-up) runs before the measurement

@@ -60,7 +60,7 @@ def bench_ranking(args, model_dir: Path, profile) -> list[list]:
 
     from rrhf_lite.loop import train
     from rrhf_lite.models import load_for_training
-    from rrhf_lite.ranking import collate_rankings, loss_function, ranking_step
+    from rrhf_lite.ranking import collate_rankings, ranking_step
     from rrhf_lite.world import TinyWorld
 
     candidates = [int(x) for x in args.candidates.split(",")]
@@ -79,10 +79,9 @@ def bench_ranking(args, model_dir: Path, profile) -> list[list]:
             collate_fn=functools.partial(collate_rankings, pad_token_id=tokenizer.pad_token_id))
         for rep in range(args.repeats):
             for method in methods:  # A B A B: the two methods alternate on every configuration
-                model = models[method][0]
+                model, loss = models[method][0], getattr(profile, f"{method}_config")().loss()
                 with common.StepTimer() as timer, common.PeakMemory() as memory:
-                    train(model, batches, timer.wrap(functools.partial(ranking_step,
-                                                                       loss_fn=loss_function(profile, method))),
+                    train(model, batches, timer.wrap(functools.partial(ranking_step, loss_fn=loss)),
                           steps=args.steps, lr=getattr(profile, f"{method}_lr"), warmup_steps=0,
                           weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
                           log_every=profile.log_every, seed=profile.seed, progress=False)
@@ -138,12 +137,17 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
     from rrhf_lite.sampling import generate_tokens
 
     sft_dir, reward_dir = ppo_stages(model_dir, profile, root)
-    model, tokenizer, reward_fn = ppo.load_models(profile, sft_dir, reward_dir)
+    from rrhf_lite.pipeline import ppo_models
+    from rrhf_lite.sources import rollout_prompts
+
+    model, tokenizer, reward_fn = ppo_models(profile, sft_dir, reward_dir)
+    ppo.use_plain_sampling(model.policy)
     n, temperature = profile.ppo_rollout_prompts, profile.sample_temperature
-    prompts = ppo.training_prompts(profile, tokenizer, n * (args.ppo_iterations + 1))
+    prompts = ppo.fitting_prompts(tokenizer, rollout_prompts(profile, n * (args.ppo_iterations + 1)),
+                                  n * (args.ppo_iterations + 1), profile.ppo_config())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile.ppo_lr, eps=1e-5,
                                   weight_decay=profile.weight_decay)
-    controller = ppo.kl_controller(profile)
+    controller = ppo.kl_controller(profile.ppo_config())
     phases: dict[str, list[float]] = {}
     info = {}
     for it in range(args.ppo_iterations):
@@ -188,7 +192,7 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
                                                                  gamma=profile.ppo_gamma, lam=profile.ppo_lam)
             times["rewards + advantages (token_rewards, GAE)"] = sw.seconds
         with common.Stopwatch() as sw:
-            ppo.ppo_update(model, optimizer, rollout, advantages, returns, profile, iteration=it,
+            ppo.ppo_update(model, optimizer, rollout, advantages, returns, profile.ppo_config(), iteration=it,
                            generator=torch.Generator().manual_seed(it))
         times["update (ppo_update)"] = sw.seconds
         total = sum(times.values())
@@ -201,7 +205,7 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
                 "update_steps": profile.ppo_epochs * -(-n // profile.ppo_minibatch_size)}
     # Cross-check: the same rollout phases in one call of the library's collect_rollout
     with common.Stopwatch() as sw:
-        ppo.collect_rollout(model, tokenizer, reward_fn, prompts[-n:], profile, seed=99)
+        ppo.collect_rollout(model, tokenizer, reward_fn, prompts[-n:], profile.ppo_config(), seed=99)
     info["collect_rollout_s"] = sw.seconds
     medians = {k: common.median(v) for k, v in phases.items()}
     total = sum(medians.values())

@@ -159,14 +159,14 @@ def measure(spec: dict) -> dict:
         cuda("reset_peak_memory_stats")
         for it in range(iterations):
             with common.Stopwatch() as roll:
-                rollout = ppo.collect_rollout(model, tokenizer, reward_fn, prompts, profile, seed=it)
+                rollout = ppo.collect_rollout(model, tokenizer, reward_fn, prompts, profile.ppo_config(), seed=it)
                 cuda("synchronize")
             rewards = ppo.token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.mask,
                                         beta=profile.ppo_kl_coef)
             advantages, returns = ppo.advantages_and_returns(rewards, rollout.values, rollout.mask,
                                                              gamma=profile.ppo_gamma, lam=profile.ppo_lam)
             with common.Stopwatch() as upd:
-                ppo.ppo_update(model, optimizer, rollout, advantages, returns, profile, iteration=it,
+                ppo.ppo_update(model, optimizer, rollout, advantages, returns, profile.ppo_config(), iteration=it,
                                generator=torch.Generator().manual_seed(it))
                 cuda("synchronize")
             times.append((roll.seconds, upd.seconds))
@@ -199,14 +199,14 @@ def measure(spec: dict) -> dict:
             collate = functools.partial(collate_preferences, pad_token_id=tokenizer.pad_token_id)
             step, lr, seqs = functools.partial(dpo_step, beta=profile.dpo_beta), profile.dpo_lr, 2 * batch_size
         else:
-            from rrhf_lite.ranking import collate_rankings, loss_function, ranking_step
+            from rrhf_lite.ranking import collate_rankings, ranking_step
 
             batch_size = batch_override or profile.ranking_batch_size
             pairs = full_length_pairs(world, tokenizer, batch_size * steps, profile.max_length, rng)
             rows = [{"candidates": [tokenize_pair(tokenizer, p, r, profile.max_length) for r in replies],
                      "scores": [float(-i) for i in range(len(replies))]} for p, replies in pairs]
             collate = functools.partial(collate_rankings, pad_token_id=tokenizer.pad_token_id)
-            step = functools.partial(ranking_step, loss_fn=loss_function(profile, "rrhf"))
+            step = functools.partial(ranking_step, loss_fn=profile.rrhf_config().loss())
             lr, seqs = profile.rrhf_lr, 4 * batch_size
         batches = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collate)
         tokens = sum(row_tokens(r) for r in rows)

@@ -16,15 +16,15 @@ The loss itself is :func:`rrhf_lite.losses.dpo_loss` (sigmoid DPO or IPO).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_preference_dataset, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_preference_pairs
-from .loop import save_run, train
+from .loop import TrainConfig, train
 from .losses import dpo_loss
-from .models import load_for_training
 
 
 def tokenize_preferences(tokenizer, pairs, max_length: int) -> list[dict]:
@@ -80,27 +80,30 @@ def dpo_step(model, batch: dict, beta: float, loss_type: str = "sigmoid",
                       "logp_chosen": chosen.detach().mean(), "logp_rejected": rejected.detach().mean()}
 
 
-def train_dpo(profile, init_path, pairs, out_dir: Path, *, beta: float | None = None,
-              checkpoint_dir: Path | None = None, progress: bool = True) -> list[dict]:
-    """Train fresh LoRA adapters on ``init_path`` (the SFT model) with DPO on ``pairs``; save them in ``out_dir``.
+@dataclass(frozen=True)
+class DPOConfig(TrainConfig):
+    """DPO (Rafailov et al. 2023): the loop's settings (:class:`~rrhf_lite.loop.TrainConfig`) and the loss's three."""
 
-    ``beta`` defaults to ``profile.dpo_beta``. Writes ``out_dir/adapter`` and ``out_dir/history.json``. The pairs are
-    checked first (:func:`rrhf_lite.data.validate_preference_dataset`; empty replies are kept, with a warning).
+    lr: float = 1e-4  # peak learning rate of the fresh LoRA adapters
+    beta: float = 0.1  # strength of the implicit KL constraint: small beta lets the policy move further
+    loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo" (Azar et al. 2023)
+    label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
+
+
+def train_dpo(model, tokenizer, pairs, config: DPOConfig = DPOConfig(), *, checkpoint_dir: Path | None = None,
+              progress: bool = True) -> list[dict]:
+    """Train ``model`` with DPO on ``pairs`` (``prompt/chosen/rejected``, TRL's format); returns the history.
+
+    ``model`` is the policy with *fresh* LoRA adapters (e.g. from :func:`rrhf_lite.models.load_for_training`): before
+    the first step it is the reference, whose log-probs are computed once here and cached with the pairs. It is
+    trained in place. The pairs are checked first (:func:`rrhf_lite.data.validate_preference_dataset`; empty replies
+    are kept, with a warning).
     """
     validate_preference_dataset(pairs, allow_empty_responses=True)
-    out_dir = Path(out_dir)
-    beta = profile.dpo_beta if beta is None else beta
-    model, tokenizer = load_for_training(init_path, profile, head="lm")
-    rows = tokenize_preferences(tokenizer, pairs, profile.max_length)
+    rows = tokenize_preferences(tokenizer, pairs, config.max_length)
     add_reference_logprobs(model, rows, tokenizer.pad_token_id)  # fresh adapters: the model is the reference
-    batches = torch.utils.data.DataLoader(
-        rows, batch_size=profile.dpo_batch_size, shuffle=True, generator=torch.Generator().manual_seed(profile.seed),
-        collate_fn=functools.partial(collate_preferences, pad_token_id=tokenizer.pad_token_id))
-    step = functools.partial(dpo_step, beta=beta, loss_type=profile.dpo_loss_type,
-                             label_smoothing=profile.dpo_label_smoothing)
-    history = train(model, batches, step, steps=profile.dpo_steps, lr=profile.dpo_lr,
-                    warmup_steps=profile.dpo_warmup_steps, weight_decay=profile.weight_decay,
-                    max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, checkpoint_dir=checkpoint_dir,
-                    checkpoint_every=5 * profile.log_every, seed=profile.seed, desc="DPO", progress=progress)
-    save_run(out_dir, model, tokenizer, history, method="dpo", beta=beta)
-    return history
+    batches = config.shuffled(rows, functools.partial(collate_preferences, pad_token_id=tokenizer.pad_token_id))
+    step = functools.partial(dpo_step, beta=config.beta, loss_type=config.loss_type,
+                             label_smoothing=config.label_smoothing)
+    return train(model, batches, step, **config.loop_args(), checkpoint_dir=checkpoint_dir, desc="DPO",
+                 progress=progress)

@@ -40,6 +40,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +49,39 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .models import count_parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every trainer built on :func:`train` needs: how long, how fast, how often to log and checkpoint.
+
+    Each method's config (``SFTConfig``, ``RewardConfig``, ``RRHFConfig``, ``PROConfig``, ``DPOConfig``) is this
+    plus the few numbers its paper adds.
+    """
+
+    steps: int = 100  # optimiser steps (the data is cycled through as often as that takes)
+    batch_size: int = 16  # examples (demonstrations, pairs, rankings) per step
+    lr: float = 1e-4  # peak AdamW learning rate: linear warm-up, then cosine down to 10% (warmup_cosine)
+    warmup_steps: int = 0  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping threshold
+    max_length: int = 512  # longest prompt + reply in tokens; longer rows lose the start of the prompt (warned)
+    log_every: int = 10  # a history row (and a progress-bar update) every this many steps
+    checkpoint_every: int = 50  # with a checkpoint_dir, save every this many steps (a multiple of log_every)
+    seed: int = 0  # batch order and everything else random in the loop: same seed, same numbers on a CPU
+
+    def loop_args(self) -> dict:
+        """The keyword arguments of :func:`train` that this config sets."""
+        return {"steps": self.steps, "lr": self.lr, "warmup_steps": self.warmup_steps,
+                "weight_decay": self.weight_decay, "max_grad_norm": self.max_grad_norm, "log_every": self.log_every,
+                "checkpoint_every": self.checkpoint_every, "seed": self.seed}
+
+    def shuffled(self, rows: list, collate_fn) -> torch.utils.data.DataLoader:
+        """``rows`` in batches of ``batch_size``, shuffled by a generator seeded with ``seed``: the same batches
+        every time it is iterated from the start, which resuming needs (:func:`train`)."""
+        return torch.utils.data.DataLoader(rows, batch_size=self.batch_size, shuffle=True, collate_fn=collate_fn,
+                                           generator=torch.Generator().manual_seed(self.seed))
+
 
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 EvalFn = Callable[[torch.nn.Module], dict]

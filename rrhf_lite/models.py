@@ -19,9 +19,11 @@ For training, :func:`load_for_training` is the one loader for every profile: the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +45,35 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+# Every linear layer of a Llama-style block (Llama, Qwen, Mistral and our tiny model share these names).
+LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How a model is loaded for training and scoring: precision, 4-bit quantisation, LoRA adapters.
+
+    The defaults suit a small model on a CPU or any GPU in full precision; for QLoRA (Dettmers et al. 2023) set
+    ``load_in_4bit=True`` and a 16-bit ``compute_dtype``. A course profile carries the same fields
+    (:meth:`rrhf_lite.profiles.Profile.model_config`).
+    """
+
+    load_in_4bit: bool = False  # quantise the frozen base to 4-bit NF4 with bitsandbytes (QLoRA)
+    compute_dtype: str = "float32"  # dtype of activations: float32 on CPU, float16 on a T4, bfloat16 on Ampere+
+    lora_r: int = 16  # rank of the LoRA update matrices
+    lora_alpha: int = 32  # LoRA scaling numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input; 0 keeps runs deterministic (PPO needs 0)
+    lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS  # layers that get adapters (Llama/Qwen names)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
+    seed: int = 0  # initialises what loading creates at random (a fresh reward head)
+
+
+def model_config(config) -> ModelConfig:
+    """``config`` as a :class:`ModelConfig`: itself, or the fields of that name read from any object that has them
+    (a course profile)."""
+    if isinstance(config, ModelConfig):
+        return config
+    return ModelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(ModelConfig)})
 
 # Renders a list of {"role", "content"} messages in the HH-RLHF text format used everywhere in this package:
 # "<|bos|>\n\nHuman: ...\n\nAssistant: ...<|eos|>". The end-of-sequence token follows only the final assistant
@@ -143,12 +174,12 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32, 
     return model, tokenizer
 
 
-def quantization_config(profile) -> BitsAndBytesConfig | None:
-    """4-bit NF4 with double quantisation (the QLoRA recipe) when the profile asks for it, else None."""
-    if not profile.load_in_4bit:
+def quantization_config(config) -> BitsAndBytesConfig | None:
+    """4-bit NF4 with double quantisation (the QLoRA recipe) when ``config.load_in_4bit``, else None."""
+    if not config.load_in_4bit:
         return None
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=getattr(torch, profile.compute_dtype))
+                              bnb_4bit_compute_dtype=getattr(torch, config.compute_dtype))
 
 
 def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
@@ -177,10 +208,11 @@ def _fit_embeddings(model, tokenizer) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def lora_config(profile, task_type: str) -> LoraConfig:
-    """LoRA on every linear layer named in the profile; ``task_type`` is "CAUSAL_LM" or "SEQ_CLS"."""
-    return LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
-                      target_modules=list(profile.lora_target_modules), task_type=task_type)
+def lora_config(config, task_type: str) -> LoraConfig:
+    """peft's LoRA config for the layers ``config.lora_target_modules`` names; ``task_type`` is "CAUSAL_LM" or
+    "SEQ_CLS"."""
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), task_type=task_type)
 
 
 @contextlib.contextmanager
@@ -208,10 +240,11 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def load_model(path: str | Path, profile, *, head: str = "lm"):
-    """Load ``path`` frozen, as every stage of a profile sees it, without adapters. Returns ``(model, tokenizer)``.
+def load_model(path: str | Path, config=ModelConfig(), *, head: str = "lm"):
+    """Load ``path`` frozen, without adapters, as ``config`` (a :class:`ModelConfig`, or a profile) says. Returns
+    ``(model, tokenizer)``.
 
-    In the profile's ``compute_dtype``; in 4-bit NF4 on QLoRA profiles (``load_in_4bit``), prepared for k-bit
+    In ``config.compute_dtype``; in 4-bit NF4 when ``config.load_in_4bit`` (QLoRA), prepared for k-bit
     training. The same loader serves sampling and scoring (:func:`rrhf_lite.pipeline.load_policy`) and training
     (:func:`load_for_training`), so "the SFT model" is one model everywhere: on a 4-bit profile the baseline's
     samples come from the same quantised weights that the methods start from and measure their KL against.
@@ -220,16 +253,19 @@ def load_model(path: str | Path, profile, *, head: str = "lm"):
         path: a saved model folder or a hub id (the base, or an SFT model with its adapter merged in).
         head: ``"lm"`` for a causal LM or ``"reward"`` for a scalar reward head on the last non-padding token
             (``AutoModelForSequenceClassification`` with one label; a fresh head is initialised from the seed).
+
+    A tokenizer without a pad token of its own (none, or eos doubling as pad) gets one (:func:`load_tokenizer`).
     """
     if head not in ("lm", "reward"):
         raise ValueError(f"head must be 'lm' or 'reward', got {head!r}")
-    dtype = getattr(torch, profile.compute_dtype)
-    tokenizer = load_tokenizer(path, add_pad=profile.base_model is not None)
+    config = model_config(config)
+    dtype = getattr(torch, config.compute_dtype)
+    tokenizer = load_tokenizer(path, add_pad=True)
     cls = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
     extra = {"num_labels": 1} if head == "reward" else {}
-    quantization = quantization_config(profile)
+    quantization = quantization_config(config)
     placement = {"device_map": {"": default_device().index or 0}} if quantization and torch.cuda.is_available() else {}
-    torch.manual_seed(profile.seed)  # a fresh reward head is initialised at random: same seed, same head
+    torch.manual_seed(config.seed)  # a fresh reward head is initialised at random: same seed, same head
     with quiet_loading():
         model, info = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization, **placement,
                                           output_loading_info=True, **extra)
@@ -241,22 +277,23 @@ def load_model(path: str | Path, profile, *, head: str = "lm"):
     _fit_embeddings(model, tokenizer)
     with quiet_loading():
         # non-reentrant checkpointing: what torch recommends (and will require), and it needs no input gradients
-        if profile.load_in_4bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.gradient_checkpointing,
+        if config.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
             if model.device.type == "cpu":
                 disable_cpu_4bit_repacking(model)
-        elif profile.gradient_checkpointing:
+        elif config.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
 
 
-def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: str | Path | None = None,
+def load_for_training(path: str | Path, config=ModelConfig(), *, head: str = "lm", adapter: str | Path | None = None,
                       trainable: bool = True):
-    """Load ``path`` for training with LoRA (QLoRA on 4-bit profiles). Returns ``(model, tokenizer)``.
+    """Load ``path`` for training with LoRA (QLoRA when ``config.load_in_4bit``). Returns ``(model, tokenizer)``.
 
     Args:
-        path, head: as for :func:`load_model`: ``"lm"`` (SFT, DPO, RRHF, PRO, the PPO policy) or ``"reward"``.
+        path, config, head: as for :func:`load_model`: ``"lm"`` (SFT, DPO, RRHF, PRO, the PPO policy) or
+            ``"reward"``.
         adapter: a folder saved by ``model.save_pretrained`` to continue from, or None for fresh adapters.
         trainable: False loads the adapter frozen (for scoring only).
 
@@ -264,12 +301,13 @@ def load_for_training(path: str | Path, profile, *, head: str = "lm", adapter: s
     frozen base double as the reference model (adapters disabled) in DPO and PPO. Fresh adapters start with
     ``B = 0``: the model before training computes exactly what :func:`load_model` gives.
     """
-    model, tokenizer = load_model(path, profile, head=head)
+    config = model_config(config)
+    model, tokenizer = load_model(path, config, head=head)
     with quiet_loading():
         if adapter is not None:
             model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
         else:
-            model = get_peft_model(model, lora_config(profile, "CAUSAL_LM" if head == "lm" else "SEQ_CLS"))
+            model = get_peft_model(model, lora_config(config, "CAUSAL_LM" if head == "lm" else "SEQ_CLS"))
     return model, tokenizer
 
 

@@ -31,13 +31,13 @@ from pathlib import Path
 
 from .candidates import build_rankings
 from .models import load_for_training
-from .ranking import shorten_rankings, train_ranking
+from .ranking import shorten_rankings
 from .sampling import sample_candidates
 from .world import perceived_scores
 
 
 def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, rankings, old_pairs, old_reward: Path,
-              gold_fn, train_reward: Callable, scorer: Callable, out: Path, ckpt: Path) -> None:
+              gold_fn, train_reward: Callable, train_method: Callable, scorer: Callable, out: Path, ckpt: Path) -> None:
     """One online round (the module docstring's five steps) into ``out``: ``pairs`` (the fresh comparisons),
     ``reward/`` (the retrained reward model), ``rankings`` (the re-ranked candidates), and the retrained method's
     ``adapter/`` and ``history.json``; the ablation (the same pool ranked by the old reward model) in ``ablation/``
@@ -49,6 +49,7 @@ def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, ra
         old_pairs: the comparisons the first reward model was trained on; ``old_reward`` is that reward model.
         gold_fn: the labellers' hidden judge, ``gold_fn(prompts, replies) -> scores``.
         train_reward: ``train_reward(pairs, out_dir, checkpoint_dir)`` trains a reward model from the SFT model.
+        train_method: ``train_method(rankings, out_dir, checkpoint_dir)`` trains ``method`` from the SFT model.
         scorer: ``scorer(reward_dir) -> score(prompts, replies)``, a trained reward model as a function.
     """
     from datasets import concatenate_datasets
@@ -80,7 +81,7 @@ def run_round(profile, *, method: str, sft_model: Path, policy_adapter: Path, ra
         new_rankings.save_to_disk(folder / "rankings")
         if method == "pro" and profile.pro_ranking_length:
             new_rankings = shorten_rankings(new_rankings, profile.pro_ranking_length)
-        train_ranking(profile, method, sft_model, new_rankings, folder, checkpoint_dir=ckpt / name)
+        train_method(new_rankings, folder, ckpt / name)
 
 
 def label_pairs(prompts: list[str], replies_a: list[str], replies_b: list[str], gold_fn, temperature: float,

@@ -25,22 +25,25 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import datasets
+import torch
 
 from .candidates import build_rankings, perplexities, perplexity_filter, rankings_to_pairs
-from .data import sampled_replies
+from .data import DataWarning, sampled_replies, validate_demonstrations, validate_preference_dataset, validate_rankings
 from .dpo import train_dpo
 from .evaluate import gold_rewards, policy_report
 from .judge import judge_scores, load_judge
+from .loop import save_run
 from .measure import CostMeter
-from .models import load_for_training, load_model
+from .models import load_for_training, load_model, merge_adapter
 from .online import ranks_like_gold, run_round
-from .ppo import train_ppo
+from .ppo import PolicyAndValue, init_value_head, train_ppo
 from .pretrain import train_base_model
 from .profiles import weak_kl_profile
-from .ranking import shorten_rankings, train_ranking
+from .ranking import shorten_rankings, train_pro, train_rrhf
 from .reward import load_reward_model, normalisation, normalise, normalised_scorer, score, train_reward_model
 from .sampling import generate, sample_candidates
 from .sft import train_sft
@@ -113,6 +116,42 @@ DPO_DATA = ("pairs", "filtered", "random", "labels")
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Training a stage: load, train with the profile's config for the method, save
+# ------------------------------------------------------------------------------------------------------------
+TRAINERS = {  # method -> (trainer, the profile's config for it, the model's head, the data check)
+    "sft": (train_sft, lambda p: p.sft_config(), "lm", validate_demonstrations),
+    "reward": (train_reward_model, lambda p: p.reward_config(), "reward", validate_preference_dataset),
+    "rrhf": (train_rrhf, lambda p: p.rrhf_config(), "lm", validate_rankings),
+    "pro": (train_pro, lambda p: p.pro_config(), "lm", validate_rankings),
+    "dpo": (train_dpo, lambda p: p.dpo_config(), "lm", validate_preference_dataset),
+}
+
+
+def train_folder(profile, method: str, init_path, data, out: Path, checkpoint_dir: Path | None = None, *,
+                 config=None, eval_pairs=None, progress: bool = True) -> list[dict]:
+    """Train fresh LoRA adapters on ``init_path`` with ``method`` ("sft", "reward", "rrhf", "pro" or "dpo") on
+    ``data``, with ``config`` (default: the profile's config for the method); save ``out/adapter`` and
+    ``out/history.json`` (:func:`rrhf_lite.loop.save_run`); return the history.
+
+    The data is checked before any model is loaded (:mod:`rrhf_lite.data`'s validators: the field and the row of
+    the first problem). ``eval_pairs``: the reward model's held-out comparisons.
+    """
+    trainer, default_config, head, check = TRAINERS[method]
+    config = default_config(profile) if config is None else config
+    with warnings.catch_warnings():  # errors only: the trainer checks again and gives the warnings, once
+        warnings.simplefilter("ignore", DataWarning)
+        check(data, **({} if method == "sft" else {"allow_empty_responses": True}))
+        if eval_pairs is not None:
+            validate_preference_dataset(eval_pairs, allow_empty_responses=True)
+    model, tokenizer = load_for_training(init_path, profile, head=head)
+    kwargs = {"eval_pairs": eval_pairs} if method == "reward" else {}
+    history = trainer(model, tokenizer, data, config, checkpoint_dir=checkpoint_dir, progress=progress, **kwargs)
+    save_run(out, model, tokenizer, history, **({"method": method} if method in ("rrhf", "pro", "dpo") else {}),
+             **({"beta": config.beta} if method == "dpo" else {}))
+    return history
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Stages
 # ------------------------------------------------------------------------------------------------------------
 def _build_with_checkpoints(stage, profile, fields, depends_on, train_fn, force, evaluate_fn=None, code=()):
@@ -148,11 +187,15 @@ def base_model_path(profile, force: bool = False) -> str | Path:
 
 
 def sft_stage(profile, force: bool = False) -> Path:
-    """The SFT stage folder; the merged SFT model is ``sft_stage(profile) / "model"``."""
+    """The SFT stage folder: ``adapter/`` (the LoRA weights), ``model/`` (the base with the adapter merged in: what
+    every later stage starts from) and ``history.json``."""
     base = base_model_path(profile)
-    return _build_with_checkpoints(
-        "sft", profile, SFT_FIELDS, [base],
-        lambda out, ckpt: train_sft(profile, base, sft_data(profile), out, checkpoint_dir=ckpt), force)
+
+    def train_fn(out: Path, ckpt: Path) -> None:
+        train_folder(profile, "sft", base, sft_data(profile), out, ckpt)
+        merge_adapter(base, out / "adapter", out / "model", dtype=profile.compute_dtype)
+
+    return _build_with_checkpoints("sft", profile, SFT_FIELDS, [base], train_fn, force)
 
 
 def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path, eval_every: int | None = None) -> None:
@@ -160,7 +203,9 @@ def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path, 
     ``eval_every`` steps as :func:`~rrhf_lite.reward.train_reward_model`) into ``out``: its adapter and
     ``history.json``, and ``normalisation.json`` for :func:`proxy_scorer`."""
     eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
-    train_reward_model(profile, sft / "model", train_pairs, eval_pairs, out, checkpoint_dir=ckpt, eval_every=eval_every)
+    config = profile.reward_config()
+    config = config if eval_every is None else dataclasses.replace(config, eval_every=eval_every)
+    train_folder(profile, "reward", sft / "model", train_pairs, out, ckpt, config=config, eval_pairs=eval_pairs)
     (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
 
 
@@ -361,20 +406,20 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
 
     def train_fn(out: Path, ckpt: Path) -> None:
         if method == "ppo":
-            prompts = rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations)
-            train_ppo(trained, sft, reward_stage(profile), out, prompts=prompts, gold_fn=gold_scorer(profile),
-                      checkpoint_dir=ckpt)
+            train_ppo_folder(trained, sft, reward_stage(profile), out, ckpt,
+                             rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations),
+                             gold_scorer(profile))
             return
         # RRHF, PRO and DPO train on lesson 03's samples, but for DPO on the labellers' pairs
         own_samples = not (method == "dpo" and data == "labels")
         with sampled_replies() if own_samples else contextlib.nullcontext():
             if method == "dpo":
-                train_dpo(trained, sft / "model", dpo_pairs(profile, data), out, checkpoint_dir=ckpt)
+                train_data = dpo_pairs(profile, data)
             else:
-                rankings = load_samples(profile, "rankings")
+                train_data = load_samples(profile, "rankings")
                 if method == "pro" and profile.pro_ranking_length:
-                    rankings = shorten_rankings(rankings, profile.pro_ranking_length)
-                train_ranking(trained, method, sft / "model", rankings, out, checkpoint_dir=ckpt)
+                    train_data = shorten_rankings(train_data, profile.pro_ranking_length)
+            train_folder(trained, method, sft / "model", train_data, out, ckpt)
 
     def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
@@ -382,6 +427,38 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     name = f"dpo-{data}" if method == "dpo" else method
     return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force,
                                    evaluate_fn, code=STAGE_CODE[method])
+
+
+def ppo_models(profile, sft_dir: Path, reward_dir: Path):
+    """PPO's models: the policy (the SFT model with fresh LoRA adapters) with its value head initialised as
+    ``ppo_value_init`` says, its tokenizer, and the reward function (the reward model of stage 02, normalised).
+    Returns ``(model, tokenizer, reward_fn)``."""
+    if profile.lora_dropout:
+        warnings.warn(f"lora_dropout = {profile.lora_dropout}: PPO expects no dropout (see rrhf_lite.ppo)",
+                      stacklevel=2)
+    policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
+    model = PolicyAndValue(policy)
+    reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
+    stats = read_output(reward_dir, "normalisation")
+    init_value_head(model.value_head, profile.ppo_value_init, reward_model, stats)
+    return model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, stats, profile.max_length)
+
+
+def train_ppo_folder(profile, sft_dir: Path, reward_dir: Path, out: Path, ckpt: Path | None, prompts: list[str],
+                     gold_fn=None, progress: bool = True) -> list[dict]:
+    """PPO from the SFT model against the reward model of stage 02 (:func:`rrhf_lite.ppo.train_ppo`), saved in
+    ``out``: ``adapter/``, ``value_head.pt``, ``history.json`` and, with ``ppo_snapshot_every``, ``snapshots/``
+    (kept beside the checkpoints until the run ends, so that a resumed run still has the earlier ones)."""
+    model, tokenizer, reward_fn = ppo_models(profile, sft_dir, reward_dir)
+    snapshots = (ckpt or out) / "snapshots"
+    history = train_ppo(model, tokenizer, reward_fn, prompts, profile.ppo_config(), gold_fn=gold_fn,
+                        checkpoint_dir=ckpt, snapshot_dir=snapshots, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if profile.ppo_snapshot_every and snapshots != out / "snapshots":
+        shutil.copytree(snapshots, out / "snapshots", dirs_exist_ok=True)
+    save_run(out, model.policy, tokenizer, history, counted=model, method="ppo")
+    torch.save(model.value_head.state_dict(), out / "value_head.pt")
+    return history
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -420,6 +497,8 @@ def online_stage(profile, force: bool = False) -> Path:
                       # held-out accuracy once, at the end: lesson 08 shows that one (the curve is lesson 02's)
                       train_reward=lambda pairs, folder, checkpoints: train_reward_folder(
                           profile, sft, pairs, folder, checkpoints, eval_every=profile.rm_steps),
+                      train_method=lambda rankings, folder, checkpoints: train_folder(
+                          profile, method, sft / "model", rankings, folder, checkpoints),
                       scorer=lambda reward_dir: proxy_scorer(profile, sft, reward_dir), out=out, ckpt=ckpt)
 
     def evaluate_fn(out: Path) -> None:

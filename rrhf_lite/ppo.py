@@ -19,10 +19,10 @@ token. The policy is the SFT model with fresh LoRA adapters; one *iteration* of 
 4. **Advantages.** GAE (gamma = 1, lambda = 0.95) turns rewards and values into an advantage per token (how much
    better things went after choosing this token than the value head expected) and a return per token (the value
    head's regression target). Advantages are whitened over the rollout: mean 0, std 1.
-5. **Update.** ``ppo_epochs`` passes over the rollout in shuffled minibatches; each step minimises the clipped
+5. **Update.** ``epochs`` passes over the rollout in shuffled minibatches; each step minimises the clipped
    policy loss + ``vf_coef`` * the clipped value loss (:mod:`rrhf_lite.losses`), where "old" means the log-probs
    and values recorded in step 1. The clipping is what allows several gradient steps on one rollout.
-6. **Adapt beta** (optional): raise beta when the rollout's KL is above ``ppo_kl_target``, lower it when below.
+6. **Adapt beta** (``adaptive_kl``): raise beta when the rollout's KL is above ``kl_target``, lower it when below.
 
 The implementation details that matter (Huang et al. 2024, "The N implementation details of RLHF with PPO"), and
 where each one lives here:
@@ -34,7 +34,7 @@ where each one lives here:
   (:func:`use_plain_sampling`).
 * **Log-probs of the sampled token ids.** The rollout batch is the prompt's token ids followed by the generated
   ids, not the decoded text tokenised again (which can split differently).
-* **Pad is not eos, and unfinished replies are penalised** (``ppo_no_eos_penalty``).
+* **Pad is not eos, and unfinished replies are penalised** (``no_eos_penalty``).
 * **Normalised rewards**, a **value head initialised from the reward model** (or zero), **whitened advantages**,
   **no dropout**, AdamW with eps 1e-5 and a learning rate that decays linearly to 0 over the run.
 
@@ -59,8 +59,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,13 +72,40 @@ from .logprobs import (
     sampled_batch,
     sequence_logprobs,
 )
-from .loop import guarded_step, load_checkpoint, read_checkpoint, save_checkpoint, save_run
+from .loop import guarded_step, load_checkpoint, read_checkpoint, save_checkpoint
 from .losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
-from .models import load_for_training
-from .reward import load_reward_model, normalised_scorer
 from .sampling import generate_tokens
-from .sources import rollout_prompts
-from .stages import read_output
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO with a KL penalty to the reference, for language models; every number of the recipe above."""
+
+    iterations: int = 40  # rounds of (sample a rollout, score it, epochs of updates)
+    rollout_prompts: int = 64  # prompts per rollout, one sampled reply each
+    epochs: int = 3  # passes over each rollout
+    minibatch_size: int = 16  # rollout replies per gradient step
+    lr: float = 5e-4  # peak learning rate of the policy adapters and the value head (decays linearly to 0)
+    clip_range: float = 0.2  # epsilon of the clipped policy objective (Schulman et al. 2017)
+    value_clip_range: float = 0.2  # clipping of value updates around the rollout's values
+    vf_coef: float = 0.5  # weight of the value loss next to the policy loss
+    gamma: float = 1.0  # discount; 1 = no discounting within a reply (Huang et al.)
+    lam: float = 0.95  # GAE lambda
+    kl_coef: float = 0.5  # beta of the per-token KL penalty -beta*(log pi - log pi_ref); start value if adaptive
+    kl_estimator: str = "k1"  # per-token KL estimate in the reward: "k1" (log-ratio) or "k3" (always >= 0)
+    adaptive_kl: bool = True  # adapt beta towards kl_target (Ziegler et al. 2019); False keeps it fixed
+    kl_target: float = 0.5  # target KL per reply (nats) of the adaptive controller
+    kl_horizon: int = 256  # controller horizon in replies: beta moves at most 20% x replies / horizon per rollout
+    no_eos_penalty: float = -1.0  # score given instead of the reward function's to replies that never end
+    temperature: float = 0.7  # sampling temperature of the rollouts, and of every log-prob PPO computes
+    max_new_tokens: int = 64  # longest sampled reply in tokens
+    max_length: int = 512  # longest prompt + reply; prompts that leave no room for max_new_tokens are dropped
+    generation_batch_size: int = 64  # prompts per generate() call
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping threshold
+    snapshot_every: int = 0  # with a snapshot_dir, keep the policy's adapter every this many iterations (0: never)
+    checkpoint_every: int = 5  # with a checkpoint_dir, save every this many iterations
+    seed: int = 0  # iteration i samples and shuffles with seed + i
 
 # --------------------------------------------------------------------------------------------------------------------
 # The models: policy + value head on one trunk, the reference by disabling the adapters, the reward model apart.
@@ -121,7 +146,7 @@ def reward_head_weight(reward_model) -> torch.Tensor:
 
 @torch.no_grad()
 def init_value_head(value_head: nn.Linear, how: str, reward_model=None, stats: dict | None = None) -> None:
-    """Initialise the value head: ``"zero"`` or ``"reward"`` (``profile.ppo_value_init``).
+    """Initialise the value head: ``"zero"`` or ``"reward"`` (the course's ``ppo_value_init``).
 
     * ``"zero"``: V = 0 everywhere at the start. The first advantages are then the raw returns; the value head
       must first learn the scale of the rewards, and its early loss is large.
@@ -153,24 +178,6 @@ def use_plain_sampling(policy) -> None:
     config = policy.get_base_model().generation_config
     config.top_k, config.top_p, config.repetition_penalty = 0, 1.0, 1.0  # top_k = 0 (not None) turns top-k off
     config.do_sample = True  # generate_tokens passes do_sample itself; this only keeps transformers from warning
-
-
-def load_models(profile, sft_dir: Path, reward_dir: Path):
-    """Policy + value head, tokenizer, and the reward function. Returns ``(model, tokenizer, reward_fn)``.
-
-    The policy is ``sft_dir / "model"`` with fresh LoRA adapters (``load_for_training`` also turns off the 4-bit
-    repacking that breaks gradients on some CPUs, see :func:`rrhf_lite.models.disable_cpu_4bit_repacking`).
-    """
-    if profile.lora_dropout:
-        warnings.warn(f"lora_dropout = {profile.lora_dropout}: PPO expects no dropout (see rrhf_lite.ppo)",
-                      stacklevel=2)
-    policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
-    use_plain_sampling(policy)
-    model = PolicyAndValue(policy)
-    reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
-    stats = read_output(reward_dir, "normalisation")
-    init_value_head(model.value_head, profile.ppo_value_init, reward_model, stats)
-    return model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, stats, profile.max_length)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -240,21 +247,22 @@ def score_replies(reward_fn, prompts: list[str], replies: list[str], ended: torc
 
 
 @torch.no_grad()
-def collect_rollout(model: PolicyAndValue, tokenizer, reward_fn, prompts: list[str], profile, *, seed: int) -> Rollout:
+def collect_rollout(model: PolicyAndValue, tokenizer, reward_fn, prompts: list[str], config: PPOConfig, *,
+                    seed: int) -> Rollout:
     """Sample one reply per prompt, then record log-probs, reference log-probs, values and scores."""
-    temperature = profile.sample_temperature
+    temperature = config.temperature
     # load_for_training has turned off bitsandbytes' CPU repacking of 4-bit weights: on CPUs with AVX512-BF16, the
     # repacking that generate triggers would otherwise make every later gradient through the 4-bit layers zero.
-    generation = generate_tokens(model.policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
-                                 temperature=temperature, top_p=1.0, batch_size=profile.generation_batch_size,
+    generation = generate_tokens(model.policy, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                                 temperature=temperature, top_p=1.0, batch_size=config.generation_batch_size,
                                  seed=seed)
     device = model.value_head.weight.device
     batch = {k: v.to(device) for k, v in sampled_batch(tokenizer, prompts, generation.reply_ids).items()}
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(prompts), profile.ppo_minibatch_size):  # a few rows at a time: logits are large
-        chunk = {k: v[start:start + profile.ppo_minibatch_size] for k, v in batch.items()}
+    for start in range(0, len(prompts), config.minibatch_size):  # a few rows at a time: logits are large
+        chunk = {k: v[start:start + config.minibatch_size] for k, v in batch.items()}
         entropy_, logprobs, values = policy_forward(model, chunk, temperature, with_entropy=True)
         ref = reference_logprobs(model, chunk, temperature)
         for key, value in (("mask", ref.mask), ("logprobs", logprobs), ("ref_logprobs", ref.token_logps),
@@ -263,7 +271,7 @@ def collect_rollout(model: PolicyAndValue, tokenizer, reward_fn, prompts: list[s
     model.train(was_training)
     replies = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generation.reply_ids]
     ended = torch.tensor(generation.ended)
-    rm_scores, scores = score_replies(reward_fn, prompts, replies, ended, profile.ppo_no_eos_penalty)
+    rm_scores, scores = score_replies(reward_fn, prompts, replies, ended, config.no_eos_penalty)
     return Rollout(prompts=list(prompts), replies=replies, reply_ids=generation.reply_ids, ended=ended, batch=batch,
                    rm_scores=rm_scores, scores=scores.to(device), **{k: torch.cat(v) for k, v in parts.items()})
 
@@ -324,11 +332,11 @@ class AdaptiveKLController(FixedKLController):
         self.beta *= 1.0 + error * n_steps / self.horizon
 
 
-def kl_controller(profile) -> FixedKLController | AdaptiveKLController:
-    """The controller the profile asks for, starting at ``ppo_kl_coef``."""
-    if profile.ppo_adaptive_kl:
-        return AdaptiveKLController(profile.ppo_kl_coef, profile.ppo_kl_target, profile.ppo_kl_horizon)
-    return FixedKLController(profile.ppo_kl_coef)
+def kl_controller(config: PPOConfig) -> FixedKLController | AdaptiveKLController:
+    """The controller ``config`` asks for, starting at ``kl_coef``."""
+    if config.adaptive_kl:
+        return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+    return FixedKLController(config.kl_coef)
 
 
 def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float,
@@ -355,31 +363,32 @@ def take_rows(rollout: Rollout, rows: torch.Tensor,
 
 def _stop(where: str, what: str, value: float) -> FloatingPointError:
     return FloatingPointError(f"PPO: {what} is {value} at {where}; stopped before the weights were changed (the last "
-                              f"checkpoint is kept; lower ppo_lr, or check the rewards)")
+                              f"checkpoint is kept; lower the learning rate, or check the rewards)")
 
 
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout: Rollout, advantages: torch.Tensor,
-               returns: torch.Tensor, profile, *, iteration: int, generator: torch.Generator) -> dict[str, float]:
-    """``ppo_epochs`` passes over the rollout in shuffled minibatches; returns the mean of each loss and diagnostic.
+               returns: torch.Tensor, config: PPOConfig, *, iteration: int,
+               generator: torch.Generator) -> dict[str, float]:
+    """``config.epochs`` passes over the rollout in shuffled minibatches; returns the mean of each loss and diagnostic.
 
-    Each step: loss = clipped policy loss + ``ppo_vf_coef`` * clipped value loss, gradients clipped to
+    Each step: loss = clipped policy loss + ``vf_coef`` * clipped value loss, gradients clipped to
     ``max_grad_norm``. A non-finite loss or gradient stops training before the step, naming the iteration.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     logged: dict[str, list[float]] = {}
-    for epoch in range(profile.ppo_epochs):
-        for rows in torch.randperm(len(rollout.prompts), generator=generator).split(profile.ppo_minibatch_size):
+    for epoch in range(config.epochs):
+        for rows in torch.randperm(len(rollout.prompts), generator=generator).split(config.minibatch_size):
             batch, (mask, old_logprobs, old_values, advantages_, returns_) = take_rows(
                 rollout, rows, rollout.mask, rollout.logprobs, rollout.values, advantages, returns)
-            _, logprobs, values = policy_forward(model, batch, profile.sample_temperature)
+            _, logprobs, values = policy_forward(model, batch, config.temperature)
             policy_loss, clip_fraction, approx_kl = ppo_policy_loss(
-                logprobs, old_logprobs, advantages_, mask, clip_range=profile.ppo_clip_range)
+                logprobs, old_logprobs, advantages_, mask, clip_range=config.clip_range)
             value_loss, value_clip_fraction = ppo_value_loss(
-                values, old_values, returns_, mask, clip_range=profile.ppo_value_clip_range)
-            loss = policy_loss + profile.ppo_vf_coef * value_loss
+                values, old_values, returns_, mask, clip_range=config.value_clip_range)
+            loss = policy_loss + config.vf_coef * value_loss
             optimizer.zero_grad(set_to_none=True)
-            grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=profile.max_grad_norm,
+            grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=config.max_grad_norm,
                                      stop=functools.partial(_stop, f"iteration {iteration + 1} (epoch {epoch + 1})"))
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                ("clip_fraction", clip_fraction), ("value_clip_fraction", value_clip_fraction),
@@ -415,40 +424,38 @@ def rollout_metrics(rollout: Rollout, gold_fn=None) -> dict[str, float | None]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def training_prompts(profile, tokenizer, n: int, prompts: list[str] | None = None) -> list[str]:
-    """``n`` training prompts: ``prompts`` if given, else :func:`rrhf_lite.sources.rollout_prompts` (the tiny world's
-    train split, or the dataset's train prompts on real profiles).
-
-    Prompts too long to leave room for ``max_new_tokens`` within ``max_length`` are dropped, and the rest repeated
-    to make up ``n``.
-    """
-    prompts = rollout_prompts(profile, n) if prompts is None else prompts
-    room = profile.max_length - profile.max_new_tokens
+def fitting_prompts(tokenizer, prompts: list[str], n: int, config: PPOConfig) -> list[str]:
+    """``n`` rollout prompts from ``prompts``: those too long to leave room for ``max_new_tokens`` within
+    ``max_length`` are dropped, and the rest repeated (in order) to make up ``n``."""
+    room = config.max_length - config.max_new_tokens
     fitting = [p for p in prompts if len(tokenizer(p)["input_ids"]) <= room]
     if not fitting:
-        raise ValueError(f"no training prompt fits in max_length - max_new_tokens = {room} tokens")
+        raise ValueError(f"no prompt fits in max_length - max_new_tokens = {room} tokens")
     return list(itertools.islice(itertools.cycle(fitting), n))
 
 
-def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | None = None, gold_fn=None,
-              checkpoint_dir=None, checkpoint_every: int = 5, progress: bool = True) -> list[dict]:
-    """Train fresh LoRA adapters and a value head on the SFT model with PPO against the reward model of stage 02.
+def train_ppo(model, tokenizer, reward_fn, prompts: list[str], config: PPOConfig = PPOConfig(), *, gold_fn=None,
+              checkpoint_dir=None, snapshot_dir=None, progress: bool = True) -> list[dict]:
+    """Train ``model`` with PPO against ``reward_fn`` on rollouts from ``prompts``; returns the history.
 
-    Runs ``profile.ppo_iterations`` iterations of ``ppo_rollout_prompts`` prompts each (see the module docstring)
-    and writes ``out_dir/adapter`` (the policy's LoRA adapter and the tokenizer), ``out_dir/value_head.pt`` and
-    ``out_dir/history.json``. With ``checkpoint_dir``, state is saved every ``checkpoint_every`` iterations and a
-    call with the same folder resumes there, ending with the same numbers as an uninterrupted run.
+    Args:
+        model: the policy: a causal LM with fresh trainable LoRA adapters (e.g. from
+            :func:`rrhf_lite.models.load_for_training`), whose adapters switched off give the reference; or a
+            :class:`PolicyAndValue` around one, with its value head initialised as you choose (a bare policy gets a
+            value head initialised at zero). Trained in place.
+        reward_fn: any callable ``(prompts, replies) -> scores`` (a list or tensor of floats, one per reply): a
+            reward model (:func:`rrhf_lite.reward.normalised_scorer`), a judge, a rule. PPO works best with scores of
+            order 1 (the course normalises its reward model to mean 0, std 1 on SFT samples).
+        prompts: the rollouts' prompts, used in order (repeated if fewer than ``iterations * rollout_prompts``).
+        gold_fn: optional ``(prompts, replies) -> list[float]``, only recorded in the history's ``gold_reward``
+            (a second opinion on the same rollouts): PPO never trains on it.
+        checkpoint_dir: state is saved every ``checkpoint_every`` iterations, and a call with the same folder
+            resumes there, ending with the same numbers as an uninterrupted run.
+        snapshot_dir: with ``snapshot_every = k > 0``, the policy's adapter is kept after every k-th iteration in
+            ``snapshot_dir/<iteration>/adapter`` (snapshots change nothing in the training).
 
-    With ``profile.ppo_snapshot_every = k > 0`` the policy's adapter is also kept after every k-th iteration, in
-    ``out_dir/snapshots/<iteration>/adapter``, so that the run can be measured on held-out prompts along the way
-    (:func:`rrhf_lite.pipeline.trajectory_stage`). Snapshots change nothing in the training.
-
-    ``prompts`` are the rollouts' prompts (default: :func:`rrhf_lite.sources.rollout_prompts` of ``profile``).
-    ``gold_fn(prompts, replies) -> list[float]`` (the gold judge, if the profile has one) is only recorded, in the
-    history's ``gold_reward``: PPO never trains on it.
-
-    Returns the history: one dict per iteration (``pandas.DataFrame(history)``), with the rollout's
-    :func:`rollout_metrics`, the update's mean losses and diagnostics, and the ``beta`` and ``lr`` it used.
+    Returns one dict per iteration (``pandas.DataFrame(history)``): the rollout's :func:`rollout_metrics`, the
+    update's mean losses and diagnostics, and the ``beta`` and ``lr`` it used.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError(
@@ -456,13 +463,15 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
             "computed over the whole rollout, which data-parallel training would split. Build the PPO stage with "
             "plain `python` (SFT, the reward model, RRHF, PRO and DPO can run under `accelerate launch`); once it "
             "is built, every process can load it.")
-    sft_dir, reward_dir, out_dir = Path(sft_dir), Path(reward_dir), Path(out_dir)
-    model, tokenizer, reward_fn = load_models(profile, sft_dir, reward_dir)
-    n, iterations = profile.ppo_rollout_prompts, profile.ppo_iterations
-    prompts = training_prompts(profile, tokenizer, n * iterations, prompts)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=profile.ppo_lr, eps=1e-5,
-                                  weight_decay=profile.weight_decay)
-    controller = kl_controller(profile)
+    if not isinstance(model, PolicyAndValue):
+        model = PolicyAndValue(model)
+        init_value_head(model.value_head, "zero")
+    use_plain_sampling(model.policy)
+    n, iterations = config.rollout_prompts, config.iterations
+    prompts = fitting_prompts(tokenizer, list(prompts), n * iterations, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, eps=1e-5,
+                                  weight_decay=config.weight_decay)
+    controller = kl_controller(config)
 
     start, history = 0, []
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -471,36 +480,28 @@ def train_ppo(profile, sft_dir, reward_dir, out_dir, *, prompts: list[str] | Non
         start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller, state)
         print(f"PPO: resuming after iteration {start} ({checkpoint_dir})")
 
-    # snapshots live beside the checkpoints until the run ends, so that a resumed run still has the earlier ones
-    snapshots = (checkpoint_dir or out_dir) / "snapshots"
     bar = tqdm(range(start, iterations), desc="PPO", disable=not progress, initial=start, total=iterations)
     for iteration in bar:
-        lr = profile.ppo_lr * (1 - iteration / iterations)  # linear decay to 0 over the run
+        lr = config.lr * (1 - iteration / iterations)  # linear decay to 0 over the run
         for group in optimizer.param_groups:
             group["lr"] = lr
-        seed = profile.seed + iteration  # each iteration's sampling and shuffling depend on nothing else
-        rollout = collect_rollout(model, tokenizer, reward_fn, prompts[iteration * n:(iteration + 1) * n], profile,
+        seed = config.seed + iteration  # each iteration's sampling and shuffling depend on nothing else
+        rollout = collect_rollout(model, tokenizer, reward_fn, prompts[iteration * n:(iteration + 1) * n], config,
                                   seed=seed)
         beta = controller.beta
         rewards = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.mask, beta=beta,
-                                estimator=profile.ppo_kl_estimator)
-        advantages, returns = advantages_and_returns(rewards, rollout.values, rollout.mask, gamma=profile.ppo_gamma,
-                                                     lam=profile.ppo_lam)
+                                estimator=config.kl_estimator)
+        advantages, returns = advantages_and_returns(rewards, rollout.values, rollout.mask, gamma=config.gamma,
+                                                     lam=config.lam)
         row = {"iteration": iteration + 1, **rollout_metrics(rollout, gold_fn), "beta": beta, "lr": lr}
-        row.update(ppo_update(model, optimizer, rollout, advantages, returns, profile, iteration=iteration,
+        row.update(ppo_update(model, optimizer, rollout, advantages, returns, config, iteration=iteration,
                               generator=torch.Generator().manual_seed(seed)))
         controller.update(row["kl"], n)
         history.append(row)
         bar.set_postfix(proxy=f"{row['proxy_reward']:.2f}", kl=f"{row['kl']:.2f}")
         done = iteration + 1
-        if profile.ppo_snapshot_every and done % profile.ppo_snapshot_every == 0:
-            model.policy.save_pretrained(snapshots / f"{done:04d}" / "adapter")
-        if checkpoint_dir and checkpoint_every and done % checkpoint_every == 0 and done < iterations:
+        if snapshot_dir is not None and config.snapshot_every and done % config.snapshot_every == 0:
+            model.policy.save_pretrained(Path(snapshot_dir) / f"{done:04d}" / "adapter")
+        if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0 and done < iterations:
             save_checkpoint(checkpoint_dir, model, optimizer, controller, done, history)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if profile.ppo_snapshot_every and snapshots != out_dir / "snapshots":
-        shutil.copytree(snapshots, out_dir / "snapshots", dirs_exist_ok=True)
-    save_run(out_dir, model.policy, tokenizer, history, counted=model, method="ppo")
-    torch.save(model.value_head.state_dict(), out_dir / "value_head.pt")
     return history

@@ -31,10 +31,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dpo import DPOConfig
+from .models import LLAMA_LINEAR_LAYERS, ModelConfig, model_config
+from .ppo import PPOConfig
+from .ranking import PROConfig, RRHFConfig
+from .reward import RewardConfig
+from .sft import SFTConfig
+
 PROFILE_ENV_VAR = "RRHF_LITE_PROFILE"
 RUNS_ENV_VAR = "RRHF_LITE_RUNS"
-# Every linear layer of a Llama-style block (Llama, Qwen, Mistral and our tiny model share these names).
-LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def default_runs_dir() -> Path:
@@ -157,6 +162,7 @@ class Profile:
     ppo_no_eos_penalty: float = -1.0  # score given instead of the reward model's to replies that never end
     ppo_value_init: str = "reward"  # value head initialised from the reward model's head ("reward") or at zero ("zero")
     ppo_snapshot_every: int = 0  # keep the policy's adapter every this many iterations (0: only the final one)
+    ppo_checkpoint_every: int = 5  # save PPO's state every this many iterations (an interrupted stage resumes there)
 
     # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
     overopt_kl_coefs: tuple[float, ...] = (0.1, 0.02)  # fixed betas of lesson 08's sweep; the last: "PPO, weak KL"
@@ -182,6 +188,44 @@ class Profile:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    # --- the methods' configs, read from the fields above (each method's module documents its own) ----------
+    def model_config(self) -> ModelConfig:
+        """How every stage loads its models: precision, 4-bit, LoRA (:class:`rrhf_lite.models.ModelConfig`)."""
+        return model_config(self)
+
+    def _loop(self, prefix: str, checkpoint_every: int) -> dict:
+        return {"steps": getattr(self, f"{prefix}_steps"), "batch_size": getattr(self, f"{prefix}_batch_size"),
+                "warmup_steps": getattr(self, f"{prefix}_warmup_steps"), "weight_decay": self.weight_decay,
+                "max_grad_norm": self.max_grad_norm, "max_length": self.max_length, "log_every": self.log_every,
+                "checkpoint_every": checkpoint_every * self.log_every, "seed": self.seed}
+
+    def sft_config(self) -> SFTConfig:
+        return SFTConfig(**self._loop("sft", 10), lr=self.sft_lr)
+
+    def reward_config(self) -> RewardConfig:
+        return RewardConfig(**self._loop("rm", 10), lr=self.rm_lr, center_coef=self.rm_center_coef,
+                            eval_every=self.rm_eval_every)
+
+    def rrhf_config(self) -> RRHFConfig:
+        return RRHFConfig(**self._loop("ranking", 5), lr=self.rrhf_lr, length_penalty=self.rrhf_length_penalty,
+                          sft_weight=self.rrhf_sft_weight)
+
+    def pro_config(self) -> PROConfig:
+        return PROConfig(**self._loop("ranking", 5), lr=self.pro_lr, sft_weight=self.pro_sft_weight,
+                         sft_scale=self.pro_sft_scale, use_temperature=self.pro_use_temperature)
+
+    def dpo_config(self) -> DPOConfig:
+        return DPOConfig(**self._loop("dpo", 5), lr=self.dpo_lr, beta=self.dpo_beta, loss_type=self.dpo_loss_type,
+                         label_smoothing=self.dpo_label_smoothing)
+
+    def ppo_config(self) -> PPOConfig:
+        """PPO's config: the ``ppo_*`` fields without their prefix, and the sampling and loop fields it shares."""
+        fields = {f.name for f in dataclasses.fields(PPOConfig)}
+        own = {name: getattr(self, f"ppo_{name}") for name in fields if hasattr(self, f"ppo_{name}")}
+        return PPOConfig(**own, temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
+                         max_length=self.max_length, generation_batch_size=self.generation_batch_size,
+                         weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed)
 
     def fingerprint(self, fields: tuple[str, ...] | list[str]) -> str:
         """Short hash of the named fields: two profiles that agree on them share cached stages."""

@@ -3,7 +3,8 @@
 Both methods read the same data, ``prompt / responses / scores`` (one prompt, several replies, a score each), and
 need the same numbers from the model: the summed log-prob and the length of every candidate. They differ only in
 the loss (:func:`rrhf_lite.losses.rrhf_loss`, :func:`rrhf_lite.losses.pro_loss`), so this module has one collator,
-one step function and one training function, and the method is an argument.
+one step function and one training function, and the method is the config: :class:`RRHFConfig` or
+:class:`PROConfig` (:func:`train_rrhf`, :func:`train_pro`).
 
 **All candidates in one forward pass.** A batch of ``B`` prompts with ``n`` candidates each is flattened into one
 padded batch of ``B * n`` sequences; the log-probs are then folded back to ``[B, n]``. Prompts may have different
@@ -13,17 +14,15 @@ numbers of candidates: missing slots are padding, marked in a ``valid`` mask, an
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_rankings, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pairs
-from .loop import save_run, train
+from .loop import TrainConfig, train
 from .losses import pro_loss, rrhf_loss
-from .models import load_for_training
-
-METHODS = ("rrhf", "pro")
 
 
 def tokenize_rankings(tokenizer, rankings, max_length: int) -> list[dict]:
@@ -77,15 +76,34 @@ def ranking_step(model, batch: dict, loss_fn) -> tuple[torch.Tensor, dict]:
                       "logp_all": mean_logp[valid].mean()}
 
 
-def loss_function(profile, method: str):
-    """The method's loss with the profile's hyperparameters filled in."""
-    if method == "rrhf":
-        return functools.partial(rrhf_loss, length_penalty=profile.rrhf_length_penalty,
-                                 sft_weight=profile.rrhf_sft_weight)
-    if method == "pro":
-        return functools.partial(pro_loss, use_temperature=profile.pro_use_temperature,
-                                 sft_weight=profile.pro_sft_weight, sft_scale=profile.pro_sft_scale)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+@dataclass(frozen=True)
+class RRHFConfig(TrainConfig):
+    """RRHF (Yuan et al. 2023): the loop's settings (:class:`~rrhf_lite.loop.TrainConfig`) and the loss's two."""
+
+    batch_size: int = 8  # prompts per step, each with all its candidates in the same forward pass
+    lr: float = 3e-4  # peak learning rate of the fresh LoRA adapters
+    length_penalty: float = 1.0  # p_i = log pi(y_i) / |y_i|**this (1 = mean log-prob, as in the paper)
+    sft_weight: float = 1.0  # weight of the SFT term on the best candidate (the paper uses 1)
+
+    def loss(self):
+        """:func:`rrhf_lite.losses.rrhf_loss` with this config's settings."""
+        return functools.partial(rrhf_loss, length_penalty=self.length_penalty, sft_weight=self.sft_weight)
+
+
+@dataclass(frozen=True)
+class PROConfig(TrainConfig):
+    """PRO (Song et al. 2023): the loop's settings (:class:`~rrhf_lite.loop.TrainConfig`) and the loss's three."""
+
+    batch_size: int = 8  # prompts per step, each with all its candidates in the same forward pass
+    lr: float = 2e-4  # peak learning rate of the fresh LoRA adapters
+    sft_weight: float = 0.05  # weight of the SFT term (the official HH script uses 0.05)
+    sft_scale: str = "official"  # "official" = summed NLL x weight x (n-1)^2 as DAMO-ConvAI/PRO; or "per_token"
+    use_temperature: bool = True  # scale each contrast by reward gaps (the paper's dynamic temperature)
+
+    def loss(self):
+        """:func:`rrhf_lite.losses.pro_loss` with this config's settings."""
+        return functools.partial(pro_loss, use_temperature=self.use_temperature, sft_weight=self.sft_weight,
+                                 sft_scale=self.sft_scale)
 
 
 def shorten_rankings(rankings, length: int):
@@ -107,28 +125,34 @@ def shorten_rankings(rankings, length: int):
     return rankings.map(shorten)
 
 
-def train_ranking(profile, method: str, init_path, rankings, out_dir: Path, checkpoint_dir: Path | None = None,
-                  progress: bool = True) -> list[dict]:
-    """Train fresh LoRA adapters on ``init_path`` (the SFT model) with RRHF or PRO; save them in ``out_dir``.
+def ranking_batches(tokenizer, rankings, config: RRHFConfig | PROConfig):
+    """The rankings tokenised, shuffled (seeded) and flattened into batches of ``config.batch_size`` prompts."""
+    rows = tokenize_rankings(tokenizer, rankings, config.max_length)
+    return config.shuffled(rows, functools.partial(collate_rankings, pad_token_id=tokenizer.pad_token_id))
 
-    Writes ``out_dir/adapter`` (load it with ``load_for_training(init_path, profile, adapter=...)``) and
-    ``out_dir/history.json``. The rankings are checked first (:func:`rrhf_lite.data.validate_rankings`): every row
-    needs a prompt, at least 2 replies and one finite score per reply; empty replies are kept, with a warning.
+
+def train_ranking(model, tokenizer, rankings, config: RRHFConfig | PROConfig, *, checkpoint_dir: Path | None = None,
+                  progress: bool = True) -> list[dict]:
+    """Train ``model`` (a causal LM with trainable LoRA adapters, e.g. from :func:`rrhf_lite.models.load_for_training`)
+    on ``rankings`` with the loss ``config`` names (RRHF or PRO); returns the history. The model is trained in place.
+
+    The rankings are checked first (:func:`rrhf_lite.data.validate_rankings`): every row needs a prompt, at least 2
+    replies and one finite score per reply; empty replies are kept, with a warning.
     """
+    if not isinstance(config, (RRHFConfig, PROConfig)):
+        raise TypeError(f"config must be an RRHFConfig or a PROConfig, got {type(config).__name__}")
     validate_rankings(rankings, allow_empty_responses=True)
-    out_dir = Path(out_dir)
-    loss_fn = loss_function(profile, method)
-    model, tokenizer = load_for_training(init_path, profile, head="lm")
-    rows = tokenize_rankings(tokenizer, rankings, profile.max_length)
-    batches = torch.utils.data.DataLoader(
-        rows, batch_size=profile.ranking_batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(profile.seed),
-        collate_fn=functools.partial(collate_rankings, pad_token_id=tokenizer.pad_token_id))
-    history = train(model, batches, functools.partial(ranking_step, loss_fn=loss_fn),
-                    steps=profile.ranking_steps, lr=getattr(profile, f"{method}_lr"),
-                    warmup_steps=profile.ranking_warmup_steps,
-                    weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
-                    log_every=profile.log_every, checkpoint_dir=checkpoint_dir,
-                    checkpoint_every=5 * profile.log_every, seed=profile.seed, desc=method.upper(), progress=progress)
-    save_run(out_dir, model, tokenizer, history, method=method)
-    return history
+    batches = ranking_batches(tokenizer, rankings, config)
+    return train(model, batches, functools.partial(ranking_step, loss_fn=config.loss()), **config.loop_args(),
+                 checkpoint_dir=checkpoint_dir, desc="RRHF" if isinstance(config, RRHFConfig) else "PRO",
+                 progress=progress)
+
+
+def train_rrhf(model, tokenizer, rankings, config: RRHFConfig = RRHFConfig(), **kwargs) -> list[dict]:
+    """RRHF on ``prompt/responses/scores`` rankings: :func:`train_ranking` with an :class:`RRHFConfig`."""
+    return train_ranking(model, tokenizer, rankings, config, **kwargs)
+
+
+def train_pro(model, tokenizer, rankings, config: PROConfig = PROConfig(), **kwargs) -> list[dict]:
+    """PRO on ``prompt/responses/scores`` rankings: :func:`train_ranking` with a :class:`PROConfig`."""
+    return train_ranking(model, tokenizer, rankings, config, **kwargs)

@@ -17,6 +17,7 @@ Three things to know about a reward model before optimising against it:
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from .logprobs import (
     tokenize_pairs,
     tokenize_preference_pairs,
 )
-from .loop import save_run, train
+from .loop import TrainConfig, train
 from .losses import reward_loss
 from .models import load_for_training
 
@@ -96,42 +97,49 @@ def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[torch.Tensor,
     return chosen, rejected
 
 
-def train_reward_model(profile, init_path, train_pairs, eval_pairs, out_dir: Path,
-                       checkpoint_dir: Path | None = None, progress: bool = True,
-                       eval_every: int | None = None) -> list[dict]:
-    """Train a LoRA reward model from ``init_path`` (the SFT model) and save its adapter and head in ``out_dir``.
+@dataclass(frozen=True)
+class RewardConfig(TrainConfig):
+    """A Bradley-Terry reward model: the loop's settings (:class:`~rrhf_lite.loop.TrainConfig`) and two more."""
 
-    Held-out accuracy is evaluated every ``eval_every`` steps (default ``profile.rm_eval_every``) and after the last
-    one; ``out_dir/history.json`` keeps the curves. Both datasets are
-    checked first (:func:`rrhf_lite.data.validate_preference_dataset`; empty replies are kept, with a warning).
+    lr: float = 1e-4  # peak learning rate of the LoRA adapters and the fresh scalar head
+    center_coef: float = 0.01  # weight of the (r_c + r_r)^2 term that keeps rewards centred near 0
+    eval_every: int = 100  # steps between held-out accuracy evaluations (a multiple of log_every); 0: never
+    checkpoint_every: int = 100  # with a checkpoint_dir, save every this many steps
+
+
+def comparison_batches(tokenizer, pairs, config: RewardConfig):
+    """The comparisons tokenised, shuffled (seeded) and collated (all chosen, then all rejected) in batches."""
+    rows = tokenize_comparisons(tokenizer, pairs, config.max_length)
+    return config.shuffled(rows, functools.partial(collate_comparisons, pad_token_id=tokenizer.pad_token_id))
+
+
+def train_reward_model(model, tokenizer, train_pairs, config: RewardConfig = RewardConfig(), *, eval_pairs=None,
+                       checkpoint_dir: Path | None = None, progress: bool = True) -> list[dict]:
+    """Train ``model`` (a sequence classifier with one label and trainable LoRA adapters, e.g.
+    ``load_for_training(path, head="reward")``) on ``train_pairs`` (``prompt/chosen/rejected``); returns the history.
+
+    With ``eval_pairs``, held-out accuracy is evaluated every ``config.eval_every`` steps and after the last one (the
+    history's ``eval_accuracy``). Both datasets are checked first (:func:`rrhf_lite.data.validate_preference_dataset`;
+    empty replies are kept, with a warning).
     """
     validate_preference_dataset(train_pairs, allow_empty_responses=True)
-    validate_preference_dataset(eval_pairs, allow_empty_responses=True)
-    out_dir = Path(out_dir)
-    model, tokenizer = load_for_training(init_path, profile, head="reward")
-    rows = tokenize_comparisons(tokenizer, train_pairs, profile.max_length)
-    batches = torch.utils.data.DataLoader(
-        rows, batch_size=profile.rm_batch_size, shuffle=True, generator=torch.Generator().manual_seed(profile.seed),
-        collate_fn=functools.partial(collate_comparisons, pad_token_id=tokenizer.pad_token_id))
+    if eval_pairs is not None:
+        validate_preference_dataset(eval_pairs, allow_empty_responses=True)
+    batches = comparison_batches(tokenizer, train_pairs, config)
 
     def held_out_accuracy(m) -> dict:
-        chosen, rejected = score_pairs(m, tokenizer, eval_pairs, profile.max_length)
+        chosen, rejected = score_pairs(m, tokenizer, eval_pairs, config.max_length)
         return {"accuracy": (chosen > rejected).float().mean().item()}
 
-    history = train(model, batches, functools.partial(reward_step, center_coef=profile.rm_center_coef),
-                    steps=profile.rm_steps, lr=profile.rm_lr, warmup_steps=profile.rm_warmup_steps,
-                    weight_decay=profile.weight_decay, max_grad_norm=profile.max_grad_norm,
-                    log_every=profile.log_every, eval_fn=held_out_accuracy,
-                    eval_every=profile.rm_eval_every if eval_every is None else eval_every,
-                    checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every, seed=profile.seed,
-                    desc="reward model", progress=progress)
-    save_run(out_dir, model, tokenizer, history)
-    return history
+    return train(model, batches, functools.partial(reward_step, center_coef=config.center_coef),
+                 **config.loop_args(), eval_fn=None if eval_pairs is None else held_out_accuracy,
+                 eval_every=config.eval_every, checkpoint_dir=checkpoint_dir, desc="reward model", progress=progress)
 
 
-def load_reward_model(init_path, adapter_dir, profile):
-    """The trained reward model, frozen, for scoring. Returns ``(model, tokenizer)``."""
-    model, tokenizer = load_for_training(init_path, profile, head="reward", adapter=adapter_dir, trainable=False)
+def load_reward_model(init_path, adapter_dir, config):
+    """The trained reward model (``init_path`` with the adapter and head in ``adapter_dir``), frozen, for scoring.
+    ``config``: a :class:`~rrhf_lite.models.ModelConfig` (or a profile). Returns ``(model, tokenizer)``."""
+    model, tokenizer = load_for_training(init_path, config, head="reward", adapter=adapter_dir, trainable=False)
     return model.eval(), tokenizer
 
 

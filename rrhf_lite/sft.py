@@ -8,15 +8,15 @@ The loss is :func:`rrhf_lite.losses.sft_loss`, the mean negative log-likelihood 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data import report_truncation, validate_demonstrations, validate_tokenizer
 from .logprobs import pad_batch, sequence_logprobs, tokenize_pairs
-from .loop import save_run, train
+from .loop import TrainConfig, train
 from .losses import sft_loss
-from .models import load_for_training, merge_adapter
 
 
 def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
@@ -32,11 +32,18 @@ def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
     return rows
 
 
-def demonstration_batches(tokenizer, dataset, batch_size: int, max_length: int, seed: int):
-    rows = tokenize_demonstrations(tokenizer, dataset, max_length)
-    return torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=True,
-                                       collate_fn=functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id),
-                                       generator=torch.Generator().manual_seed(seed))
+@dataclass(frozen=True)
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning: the loop's settings (:class:`~rrhf_lite.loop.TrainConfig`), nothing more."""
+
+    lr: float = 2e-4  # peak learning rate of the LoRA adapters (LoRA tolerates ~10x a full fine-tune's rate)
+    checkpoint_every: int = 100  # with a checkpoint_dir, save every this many steps
+
+
+def demonstration_batches(tokenizer, dataset, config: SFTConfig):
+    """The demonstrations tokenised, shuffled (seeded) and padded into batches of ``config.batch_size``."""
+    rows = tokenize_demonstrations(tokenizer, dataset, config.max_length)
+    return config.shuffled(rows, functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id))
 
 
 def sft_step(model, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -50,26 +57,20 @@ def response_tokens(batch: dict) -> torch.Tensor:
     return batch["response_mask"][:, 1:].sum()
 
 
-def train_sft(profile, base_path, dataset, out_dir: Path, checkpoint_dir: Path | None = None,
+def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), *, checkpoint_dir: Path | None = None,
               progress: bool = True) -> list[dict]:
-    """LoRA-fine-tune ``base_path`` on ``dataset`` (``prompt/completion``) and save the merged SFT model.
+    """Fine-tune ``model`` (a causal LM with trainable LoRA adapters, e.g. from
+    :func:`rrhf_lite.models.load_for_training`) on ``dataset`` (``prompt/completion`` rows); returns the history.
 
-    Writes ``out_dir/adapter`` (the LoRA weights), ``out_dir/model`` (base + adapter merged: what later stages load)
-    and ``out_dir/history.json``. With ``checkpoint_dir``, an interrupted run resumes from its last checkpoint.
+    The model is trained in place; save it with ``model.save_pretrained(...)`` (or fold the adapter in with
+    :func:`rrhf_lite.models.merge_adapter`). With ``checkpoint_dir``, an interrupted run resumes from its last
+    checkpoint.
 
-    The data is checked before anything is loaded (:func:`rrhf_lite.data.validate_demonstrations`): a missing column,
+    The data is checked before anything else (:func:`rrhf_lite.data.validate_demonstrations`): a missing column,
     an empty prompt or completion, or a non-string value raises :class:`rrhf_lite.data.DataValidationError` naming
     the column and the row.
     """
     validate_demonstrations(dataset)
-    out_dir = Path(out_dir)
-    model, tokenizer = load_for_training(base_path, profile, head="lm")
-    batches = demonstration_batches(tokenizer, dataset, profile.sft_batch_size, profile.max_length, profile.seed)
-    history = train(model, batches, sft_step, steps=profile.sft_steps, lr=profile.sft_lr,
-                    warmup_steps=profile.sft_warmup_steps, weight_decay=profile.weight_decay,
-                    max_grad_norm=profile.max_grad_norm, log_every=profile.log_every, seed=profile.seed,
-                    checkpoint_dir=checkpoint_dir, checkpoint_every=10 * profile.log_every,
-                    desc="SFT", progress=progress, loss_units=response_tokens)
-    save_run(out_dir, model, tokenizer, history)
-    merge_adapter(base_path, out_dir / "adapter", out_dir / "model", dtype=profile.compute_dtype)
-    return history
+    batches = demonstration_batches(tokenizer, dataset, config)
+    return train(model, batches, sft_step, **config.loop_args(), checkpoint_dir=checkpoint_dir, desc="SFT",
+                 progress=progress, loss_units=response_tokens)

@@ -2,9 +2,10 @@
 
     python tests/resume_task.py MODEL_DIR OUT_DIR CHECKPOINT_DIR [slow-after-checkpoint]
 
-trains with :func:`rrhf_lite.sft.train_sft` (checkpoint every 10 steps of 20). With ``slow-after-checkpoint`` each
-step after the first checkpoint writes its number to ``CHECKPOINT_DIR/../progress`` and then waits 1 s, so that the
-test can kill the process (``kill -9``) while it is training past its checkpoint, long before it would end.
+trains with :func:`rrhf_lite.sft.train_sft`, through the course's :func:`rrhf_lite.pipeline.train_folder`
+(checkpoint every 10 steps of 20). With ``slow-after-checkpoint`` each step after the first checkpoint writes its
+number to ``CHECKPOINT_DIR/../progress`` and then waits 1 s, so that the test can kill the process (``kill -9``)
+while it is training past its checkpoint, long before it would end.
 """
 
 import sys
@@ -29,9 +30,9 @@ def demonstrations():
 
 
 def run(model_dir, out_dir, checkpoint_dir=None):
-    from rrhf_lite.sft import train_sft
+    from rrhf_lite.pipeline import train_folder
 
-    return train_sft(profile(), model_dir, demonstrations(), out_dir, checkpoint_dir=checkpoint_dir, progress=False)
+    return train_folder(profile(), "sft", model_dir, demonstrations(), out_dir, checkpoint_dir, progress=False)
 
 
 if __name__ == "__main__":

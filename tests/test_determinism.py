@@ -21,13 +21,9 @@ import torch
 from conftest import RUN, SMALL  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rrhf_lite.dpo import train_dpo
-from rrhf_lite.ppo import train_ppo
+from rrhf_lite.pipeline import train_folder, train_ppo_folder
 from rrhf_lite.pretrain import train_base_model
 from rrhf_lite.profiles import get_profile
-from rrhf_lite.ranking import train_ranking
-from rrhf_lite.reward import train_reward_model
-from rrhf_lite.sft import train_sft
 from rrhf_lite.world import TinyWorld
 
 TINY = dict(SMALL, log_every=1, max_length=96, pretrain_dialogues=200, pretrain_steps=3, pretrain_batch_size=8,
@@ -70,15 +66,17 @@ def profile_for(stage: str, **overrides):
 
 STAGES = {
     "pretrain": lambda p, out, paths: train_base_model(p, out, progress=False),
-    "sft": lambda p, out, paths: train_sft(p, paths["model"], WORLD.sft_dataset(16), out, progress=False),
-    "reward": lambda p, out, paths: train_reward_model(p, paths["model"], WORLD.preference_dataset(16),
-                                                       WORLD.preference_dataset(8, "test"), out, progress=False),
-    "rrhf": lambda p, out, paths: train_ranking(p, "rrhf", paths["model"], WORLD.ranking_dataset(8, k=3), out,
-                                                progress=False),
-    "pro": lambda p, out, paths: train_ranking(p, "pro", paths["model"], WORLD.ranking_dataset(8, k=3), out,
+    "sft": lambda p, out, paths: train_folder(p, "sft", paths["model"], WORLD.sft_dataset(16), out, progress=False),
+    "reward": lambda p, out, paths: train_folder(p, "reward", paths["model"], WORLD.preference_dataset(16), out,
+                                                 eval_pairs=WORLD.preference_dataset(8, "test"), progress=False),
+    "rrhf": lambda p, out, paths: train_folder(p, "rrhf", paths["model"], WORLD.ranking_dataset(8, k=3), out,
                                                progress=False),
-    "dpo": lambda p, out, paths: train_dpo(p, paths["model"], WORLD.preference_dataset(8), out, progress=False),
-    "ppo": lambda p, out, paths: train_ppo(p, paths["sft"], paths["reward"], out, progress=False),
+    "pro": lambda p, out, paths: train_folder(p, "pro", paths["model"], WORLD.ranking_dataset(8, k=3), out,
+                                              progress=False),
+    "dpo": lambda p, out, paths: train_folder(p, "dpo", paths["model"], WORLD.preference_dataset(8), out,
+                                              progress=False),
+    "ppo": lambda p, out, paths: train_ppo_folder(p, paths["sft"], paths["reward"], out, None,
+                                                  WORLD.sample_prompts(16, split="train"), progress=False),
 }
 
 

@@ -12,7 +12,7 @@ from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.losses import pro_loss, rrhf_loss
 from rrhf_lite.models import load_for_training
 from rrhf_lite.profiles import get_profile
-from rrhf_lite.ranking import collate_rankings, fold, loss_function, ranking_step, shorten_rankings, tokenize_rankings
+from rrhf_lite.ranking import collate_rankings, fold, ranking_step, shorten_rankings, tokenize_rankings, train_ranking
 from rrhf_lite.world import TinyWorld
 
 
@@ -55,12 +55,19 @@ def test_ranking_step_trains_only_the_adapters(saved_model):
     assert grads and all("lora_" in n for n in grads)
 
 
-def test_loss_function_reads_the_profile():
-    profile = get_profile("tiny", rrhf_sft_weight=0.0, pro_use_temperature=False)
-    assert loss_function(profile, "rrhf").keywords == {"length_penalty": 1.0, "sft_weight": 0.0}
-    assert loss_function(profile, "pro").keywords["use_temperature"] is False
-    with pytest.raises(ValueError, match="method must be"):
-        loss_function(profile, "ppo")
+def test_a_profile_gives_each_method_its_own_config():
+    profile = get_profile("tiny", rrhf_sft_weight=0.0, pro_use_temperature=False, dpo_beta=0.3, ranking_steps=7)
+    assert profile.rrhf_config().loss().keywords == {"length_penalty": 1.0, "sft_weight": 0.0}
+    assert profile.pro_config().loss().keywords["use_temperature"] is False
+    assert profile.rrhf_config().steps == profile.pro_config().steps == 7
+    assert (profile.rrhf_config().lr, profile.pro_config().lr) == (profile.rrhf_lr, profile.pro_lr)
+    assert profile.dpo_config().beta == 0.3 and profile.ppo_config().kl_coef == profile.ppo_kl_coef
+    # every field of PPO's config comes from the profile (its ppo_ field, or the sampling and loop fields it shares)
+    ppo = profile.ppo_config()
+    assert (ppo.temperature, ppo.max_new_tokens, ppo.iterations) == (profile.sample_temperature,
+                                                                      profile.max_new_tokens, profile.ppo_iterations)
+    with pytest.raises(TypeError, match="RRHFConfig or a PROConfig"):
+        train_ranking(None, None, rankings(), profile.dpo_config())
 
 
 def test_shorten_rankings_keeps_best_worst_and_spread():

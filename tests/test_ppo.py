@@ -14,10 +14,12 @@ from rrhf_lite.evaluate import gold_rewards
 from rrhf_lite.logprobs import sampled_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.loop import CHECKPOINT_FILE
 from rrhf_lite.models import load_for_training
+from rrhf_lite.pipeline import train_ppo_folder
 from rrhf_lite.ppo import (
     AdaptiveKLController,
     FixedKLController,
     PolicyAndValue,
+    PPOConfig,
     collect_rollout,
     init_value_head,
     kl_controller,
@@ -31,6 +33,7 @@ from rrhf_lite.ppo import (
 )
 from rrhf_lite.profiles import get_profile
 from rrhf_lite.reward import load_reward_model, normalised_scorer
+from rrhf_lite.sources import rollout_prompts
 from rrhf_lite.world import TinyWorld
 
 HISTORY_KEYS = {"iteration", "proxy_reward", "score", "gold_reward", "kl", "beta", "lr", "approx_kl",
@@ -40,6 +43,12 @@ HISTORY_KEYS = {"iteration", "proxy_reward", "score", "gold_reward", "kl", "beta
 def small_policy(stages) -> tuple[PolicyAndValue, object]:
     policy, tokenizer = load_for_training(stages[0] / "model", get_profile("tiny", **SMALL))
     return PolicyAndValue(policy), tokenizer
+
+
+def run(profile, stages, out, checkpoint_dir=None, gold_fn=None):
+    """The course's PPO stage body: PPO from the small SFT model against the small reward model, saved in ``out``."""
+    prompts = rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations)
+    return train_ppo_folder(profile, *stages, out, checkpoint_dir, prompts, gold_fn=gold_fn, progress=False)
 
 
 def perturb_adapters(model) -> None:
@@ -94,8 +103,8 @@ def test_adaptive_kl_controller_hand_values_and_clip():
     fixed = FixedKLController(beta=0.1)
     fixed.update(kl=100.0, n_steps=1000)
     assert fixed.beta == 0.1
-    assert isinstance(kl_controller(get_profile("tiny", ppo_adaptive_kl=False)), FixedKLController)
-    adaptive = kl_controller(get_profile("tiny", ppo_kl_coef=0.2, ppo_kl_target=3.0, ppo_kl_horizon=500))
+    assert isinstance(kl_controller(PPOConfig(adaptive_kl=False)), FixedKLController)
+    adaptive = kl_controller(PPOConfig(kl_coef=0.2, kl_target=3.0, kl_horizon=500))
     assert (adaptive.beta, adaptive.target, adaptive.horizon) == (0.2, 3.0, 500)
 
 
@@ -160,7 +169,7 @@ def test_rollout_records_the_sampled_tokens_and_penalises_unfinished_replies(sta
     reward_model, reward_tokenizer = load_reward_model(stages[0] / "model", stages[1] / "adapter", profile)
     reward_fn = normalised_scorer(reward_model, reward_tokenizer, STATS, profile.max_length)
     prompts = TinyWorld(seed=0).sample_prompts(6)
-    rollout = collect_rollout(model, tokenizer, reward_fn, prompts, profile, seed=0)
+    rollout = collect_rollout(model, tokenizer, reward_fn, prompts, profile.ppo_config(), seed=0)
     assert rollout.mask.sum(1).tolist() == [len(ids) for ids in rollout.reply_ids]
     # An untrained model rarely says <|eos|> within 8 tokens: unfinished replies get the penalty, not their score.
     assert (~rollout.ended).any()
@@ -181,13 +190,13 @@ def test_one_update_changes_only_the_adapters_and_the_value_head(stages):
     assert trainable and all("lora_" in n or n.startswith("value_head.") for n in trainable)
     assert not any(p.requires_grad for p in reward_model.parameters())
     rollout = collect_rollout(model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, STATS, 128),
-                              TinyWorld(seed=0).sample_prompts(8), profile, seed=0)
+                              TinyWorld(seed=0).sample_prompts(8), profile.ppo_config(), seed=0)
     rewards = token_rewards(rollout.logprobs, rollout.ref_logprobs, rollout.scores, rollout.mask, beta=0.05)
     advantages, returns = ppo.advantages_and_returns(rewards, rollout.values, rollout.mask, gamma=1.0, lam=0.95)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     reward_before = {n: p.detach().clone() for n, p in reward_model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
-    metrics = ppo_update(model, optimizer, rollout, advantages, returns, profile, iteration=0,
+    metrics = ppo_update(model, optimizer, rollout, advantages, returns, profile.ppo_config(), iteration=0,
                          generator=torch.Generator().manual_seed(0))
     assert all(math.isfinite(v) for v in metrics.values())
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -201,11 +210,11 @@ def test_a_non_finite_loss_stops_naming_the_iteration(stages):
     profile = get_profile("tiny", **RUN)
     model, tokenizer = small_policy(stages)
     rollout = collect_rollout(model, tokenizer, lambda p, r: torch.zeros(len(p)), TinyWorld(seed=0).sample_prompts(4),
-                              profile, seed=0)
+                              profile.ppo_config(), seed=0)
     returns = torch.full_like(rollout.values, float("nan"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     with pytest.raises(FloatingPointError, match="iteration 7"):
-        ppo_update(model, optimizer, rollout, torch.zeros_like(returns), returns, profile, iteration=6,
+        ppo_update(model, optimizer, rollout, torch.zeros_like(returns), returns, profile.ppo_config(), iteration=6,
                    generator=torch.Generator().manual_seed(0))
 
 
@@ -215,7 +224,7 @@ def test_a_non_finite_loss_stops_naming_the_iteration(stages):
 
 
 def test_two_iterations_end_to_end(stages, tmp_path):
-    history = train_ppo(get_profile("tiny", **RUN), *stages, tmp_path / "out", gold_fn=gold_rewards, progress=False)
+    history = run(get_profile("tiny", **RUN), stages, tmp_path / "out", gold_fn=gold_rewards)
     assert [row["iteration"] for row in history] == [1, 2]
     for row in history:
         assert HISTORY_KEYS <= set(row)
@@ -229,18 +238,18 @@ def test_two_iterations_end_to_end(stages, tmp_path):
 
 def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_starts_over(stages, tmp_path):
     profile = get_profile("tiny", **RUN)
-    uninterrupted = train_ppo(profile, *stages, tmp_path / "a", progress=False)
+    uninterrupted = run(profile, stages, tmp_path / "a")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / CHECKPOINT_FILE).write_bytes(b"cut short by a sync")
     with pytest.warns(UserWarning, match="cannot be read"):
-        again = train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", progress=False)
+        again = run(profile, stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt")
     assert again == uninterrupted
     assert [p.name.split("-")[0] for p in (tmp_path / "ckpt").iterdir()] == [f"{CHECKPOINT_FILE}.unreadable"]
 
 
 def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch):
-    profile = get_profile("tiny", **RUN, ppo_snapshot_every=1)
-    uninterrupted = train_ppo(profile, *stages, tmp_path / "a", progress=False)
+    profile = get_profile("tiny", **RUN, ppo_snapshot_every=1, ppo_checkpoint_every=1)
+    uninterrupted = run(profile, stages, tmp_path / "a")
 
     real_save = ppo.save_checkpoint
 
@@ -250,12 +259,10 @@ def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch)
 
     monkeypatch.setattr(ppo, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1,
-                  progress=False)
+        run(profile, stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt")
     monkeypatch.setattr(ppo, "save_checkpoint", real_save)
     assert (tmp_path / "ckpt" / CHECKPOINT_FILE).exists() and not (tmp_path / "b").exists()
-    resumed = train_ppo(profile, *stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1,
-                        progress=False)
+    resumed = run(profile, stages, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt")
     assert resumed == uninterrupted
     # a snapshot after every iteration, the one from before the kill kept across the resume; the last is the final
     # adapter, and each matches the uninterrupted run's
@@ -266,3 +273,27 @@ def test_a_killed_run_resumes_to_the_same_numbers(stages, tmp_path, monkeypatch)
         assert all(torch.equal(a[k], b[k]) for k in a)
     final, last = weights(tmp_path / "b"), weights(tmp_path / "b" / "snapshots" / "0002")
     assert all(torch.equal(final[k], last[k]) for k in final)
+
+
+def test_train_ppo_on_objects_against_a_rule(stages):
+    """No course, no reward model: a policy, a tokenizer, prompts, and a reward function that is a rule."""
+    policy, tokenizer = load_for_training(stages[0] / "model", get_profile("tiny", **SMALL))
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_B" in n}
+    calls = []
+
+    def shorter_is_better(prompts, replies):  # any (prompts, replies) -> scores callable
+        scores = [-len(reply.split()) / 4 for reply in replies]
+        calls.append((list(prompts), scores))
+        return scores
+
+    prompts = TinyWorld(seed=0).sample_prompts(6)
+    config = PPOConfig(iterations=3, rollout_prompts=4, minibatch_size=4, epochs=1, max_new_tokens=8, max_length=128,
+                       lr=1e-3, no_eos_penalty=-2.0)
+    history = train_ppo(policy, tokenizer, shorter_is_better, prompts, config, progress=False)
+    assert [row["iteration"] for row in history] == [1, 2, 3]
+    assert all(math.isfinite(v) for row in history for v in row.values() if v is not None)
+    # each rollout took the next prompts in order (cycling), and the history holds the rule's mean score
+    assert [c[0] for c in calls] == [prompts[0:4], prompts[4:6] + prompts[0:2], prompts[2:6]]
+    assert [row["proxy_reward"] for row in history] == pytest.approx([sum(s) / len(s) for _, s in calls])
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-4) and history[0]["gold_reward"] is None
+    assert any(not torch.equal(p, lora_before[n]) for n, p in policy.named_parameters() if "lora_B" in n)

@@ -21,8 +21,9 @@ from rrhf_lite.data import (
 from rrhf_lite.dpo import tokenize_preferences, train_dpo
 from rrhf_lite.logprobs import pad_batch, tokenize_pair
 from rrhf_lite.models import load_tokenizer
+from rrhf_lite.pipeline import train_folder
 from rrhf_lite.profiles import get_profile
-from rrhf_lite.ranking import shorten_rankings, tokenize_rankings, train_ranking
+from rrhf_lite.ranking import shorten_rankings, tokenize_rankings, train_pro, train_rrhf
 from rrhf_lite.reward import tokenize_comparisons, train_reward_model
 from rrhf_lite.sft import tokenize_demonstrations, train_sft
 
@@ -221,18 +222,32 @@ def test_tokenizer_without_pad_token_is_refused(saved_model):
         tokenize_preferences(tokenizer, pairs(), 64)
 
 
-# --- the training functions check their data before they load a model ----------------------------------------------
+# --- the trainers check their data first; the course's stages before they load a model ----------------------------
 
 @pytest.mark.parametrize("train, expected", [
-    (lambda p, path, out: train_sft(p, path, demos(completion=(1, "")), out), "column 'completion', row 1"),
-    (lambda p, path, out: train_reward_model(p, path, pairs(), pairs(prompt=(2, "")), out), "column 'prompt', row 2"),
-    (lambda p, path, out: train_dpo(p, path, pairs(chosen=(0, None)), out), "column 'chosen', row 0"),
-    (lambda p, path, out: train_ranking(p, "rrhf", path, rankings(scores=(1, [0.5, math.nan])), out),
+    (lambda m, t: train_sft(m, t, demos(completion=(1, ""))), "column 'completion', row 1"),
+    (lambda m, t: train_reward_model(m, t, pairs(), eval_pairs=pairs(prompt=(2, ""))), "column 'prompt', row 2"),
+    (lambda m, t: train_dpo(m, t, pairs(chosen=(0, None))), "column 'chosen', row 0"),
+    (lambda m, t: train_rrhf(m, t, rankings(scores=(1, [0.5, math.nan]))), "column 'scores', row 1"),
+    (lambda m, t: train_pro(m, t, rankings(responses=(0, [" a"]), scores=(0, [1.0]))), "column 'responses', row 0"),
+])
+def test_trainers_validate_their_data_first(train, expected):
+    # No model and no tokenizer: reaching either would fail differently.
+    with pytest.raises(DataValidationError, match=f"^{expected}: "):
+        train(None, None)
+
+
+@pytest.mark.parametrize("train, expected", [
+    (lambda p, path, out: train_folder(p, "sft", path, demos(completion=(1, "")), out), "column 'completion', row 1"),
+    (lambda p, path, out: train_folder(p, "reward", path, pairs(), out, eval_pairs=pairs(prompt=(2, ""))),
+     "column 'prompt', row 2"),
+    (lambda p, path, out: train_folder(p, "dpo", path, pairs(chosen=(0, None)), out), "column 'chosen', row 0"),
+    (lambda p, path, out: train_folder(p, "rrhf", path, rankings(scores=(1, [0.5, math.nan])), out),
      "column 'scores', row 1"),
-    (lambda p, path, out: train_ranking(p, "pro", path, rankings(responses=(0, [" a"]), scores=(0, [1.0])), out),
+    (lambda p, path, out: train_folder(p, "pro", path, rankings(responses=(0, [" a"]), scores=(0, [1.0])), out),
      "column 'responses', row 0"),
 ])
-def test_training_functions_validate_before_loading_anything(train, expected, tmp_path):
+def test_the_course_validates_training_data_before_loading_a_model(train, expected, tmp_path):
     # The model path does not exist: reaching the model loader would fail differently.
     with pytest.raises(DataValidationError, match=f"^{expected}: "):
         train(get_profile("tiny", **SMALL), tmp_path / "no-model-here", tmp_path / "out")
