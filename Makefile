@@ -15,7 +15,7 @@ TORCH ?= torch==2.13.0
 PROFILE ?= $(or $(RRHF_LITE_PROFILE),tiny)
 PY := $(VENV)/bin/python
 
-.PHONY: install lock main test site study lint clean
+.PHONY: install lock main test test-unit site study lint clean
 
 install: $(VENV)/.installed
 
@@ -46,11 +46,12 @@ lock:
 # Lessons 00-03 each build on the one before (base model -> SFT -> reward model -> samples): one at a time, all
 # cores. Lessons 04-08 only share what 00-03 built. On the tiny profile two processes then run at once, with one torch
 # thread each (these small models keep one thread busy but not two: one lesson on two threads does ~0.7x the work of
-# two lessons on one each): lessons 07, 06, 05, 04 and 08 one after the other, and beside them python -m rrhf_lite.build
-# builds one of lesson 06's DPO runs and the stages that only lesson 08 needs (its KL sweep of PPO runs, the weak-KL
-# run's held-out snapshots, RRHF and its online round) into the same stage cache. The two sides hold about the same work. A lesson that asks for a stage the builder is
-# training waits for it and loads it (the stage's lock, stages.py), and builds itself one the builder has not begun:
-# every stage is built once. The builder's log: runs/<profile>/notebooks/build.log.
+# two lessons on one each): lessons 07, 06, 05, 04 and 08 one after the other, and beside them
+# python -m rrhf_lite.course.build builds one of lesson 06's DPO runs and the stages that only lesson 08 needs (its KL
+# sweep of PPO runs, the weak-KL run's held-out snapshots, RRHF and its online round) into the same stage cache. The
+# two sides hold about the same work. A lesson that asks for a stage the builder is training waits for it and loads it
+# (the stage's lock, stages.py), and builds itself one the builder has not begun: every stage is built once. The
+# builder's log: runs/<profile>/notebooks/build.log.
 # tools/run_lessons.py executes a series of lessons as nbconvert --execute does, but in one kernel that imports the
 # libraries once and is reset to a fresh kernel's state before each lesson (~12 s saved per lesson); make test still
 # runs every lesson in a kernel of its own. The kernel of lessons 04-08 starts (and imports) beside lessons 00-03's, and
@@ -73,7 +74,7 @@ else
 	  notebooks/08_side_by_side.ipynb & lessons=$$!; \
 	  $(LESSONS) notebooks/0[0-3]_*.ipynb || { kill $$lessons; exit 1; }; \
 	  echo "building stages for lessons 06 and 08 in the background (log: $(BUILD_LOG))"; \
-	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.build ppo-sweep ppo-trajectory dpo-random rrhf online \
+	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.course.build ppo-sweep ppo-trajectory dpo-random rrhf online \
 	  > $(BUILD_LOG) 2>&1 & build=$$!; \
 	  touch $(PHASE_1_DONE); \
 	  wait $$lessons || { kill $$build; exit 1; }; \
@@ -95,14 +96,19 @@ site: install
 test: install
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --maxschedchunk 1 --durations=15 tests
 
+# The unit tests alone: what make test runs except the tests that train the course (tests marked `course` in
+# tests/conftest.py: the lessons, the tiny stages, the rehearsal, the fresh install, the website).
+test-unit: install
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -m "not course" tests
+
 # Every method trained with SEEDS training seeds on the same SFT and reward model: means and intervals over seeds,
 # and which differences between methods are larger than their intervals (runs/$(PROFILE)/study.json; lesson 08 shows it).
 SEEDS ?= 3
 study: install
-	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.study --seeds $(SEEDS)
+	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.course.study --seeds $(SEEDS)
 
 lint: install
-	$(PY) -m ruff check rrhf_lite tests tools website
+	$(PY) -m ruff check rrhf_lite tests tools website benchmarks
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

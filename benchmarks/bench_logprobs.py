@@ -4,7 +4,7 @@
 
 What is measured is the part of a training step between the decoder and the loss, where the vocabulary lives: from
 the last hidden states of a Qwen2.5-0.5B-wide model (896) through a frozen LM head of Qwen's real vocabulary
-(151,936 x 896, float32 on the CPU) to the response tokens' log-probs, the method's loss (``rrhf_lite.losses``:
+(151,936 x 896, float32 on the CPU) to the response tokens' log-probs, the method's loss (``rrhf_lite.core.losses``:
 DPO on chosen + rejected with cached reference log-probs; RRHF on 4 candidates per prompt), and the backward pass
 into the hidden states, where the decoder's own backward would take over. The decoder is the same for every side and
 is left out, so the figures are those of the part that differs. Every sequence has exactly ``L`` tokens, of which
@@ -15,7 +15,7 @@ Sides, each run in its own subprocess, alternating within every repeat (A B C A 
 * ``materialised``: the library before chunking (commit bef84c3), as its ``sequence_logprobs`` did it: logits from
   the batch's first response position on (``logits_to_keep``), a float32 copy of the response positions,
   log-softmax, gather; autograd keeps what it needs for the backward.
-* ``chunked``: the library now, :func:`rrhf_lite.logprobs.head_logprobs`: only response positions, at most
+* ``chunked``: the library now, :func:`rrhf_lite.core.logprobs.head_logprobs`: only response positions, at most
   ``LOGIT_CHUNK_ELEMENTS`` logits at a time, the gradient with respect to the hidden states formed in the forward.
 * ``trl``: TRL 1.16's ``ChunkedLogProbFunction`` (needs ``pip install trl==1.16.0``; the ``bench`` extra), called as
   its trainers call it without Triton, i.e. on a CPU: over every position of the sequence, chunks of 32,768
@@ -68,7 +68,7 @@ def materialised_logprobs(hidden, head, batch):
 
 
 def chunked_logprobs(hidden, head, batch):
-    from rrhf_lite.logprobs import head_logprobs
+    from rrhf_lite.core.logprobs import head_logprobs
 
     kept = batch["response_mask"][:, 1:].bool()
     logps, _ = head_logprobs(hidden[:, :-1][kept], head, batch["input_ids"][:, 1:][kept])
@@ -92,7 +92,7 @@ def loss_of(task: str, sums, lengths):
     """DPO on (chosen, rejected) halves with fixed reference log-probs; RRHF on groups of 4 candidates."""
     import torch
 
-    from rrhf_lite.losses import dpo_loss, rrhf_loss
+    from rrhf_lite.core.losses import dpo_loss, rrhf_loss
 
     if task == "dpo":
         chosen, rejected = sums.chunk(2)

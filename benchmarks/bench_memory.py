@@ -1,4 +1,4 @@
-"""The memory estimate (``rrhf_lite.memory.estimate_memory``) against what training steps measure on this CPU.
+"""The memory estimate (``rrhf_lite.course.memory.estimate_memory``) against what training steps measure on this CPU.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_memory.py [--lengths 128,256] [--json FILE]
 
@@ -39,15 +39,15 @@ def worker(spec: dict) -> None:
     import torch
 
     common.single_thread()
-    from rrhf_lite.dpo import add_reference_logprobs, collate_preferences, dpo_step
-    from rrhf_lite.logprobs import pad_batch
-    from rrhf_lite.loop import train
-    from rrhf_lite.memory import ADAPTER_BYTES, GIB, Shapes, adapter_parameters, estimate_memory
-    from rrhf_lite.models import load_for_training
-    from rrhf_lite.profiles import get_profile
-    from rrhf_lite.ranking import collate_rankings, ranking_step
-    from rrhf_lite.reward import collate_comparisons, reward_step
-    from rrhf_lite.sft import sft_step
+    from rrhf_lite.core.logprobs import pad_batch
+    from rrhf_lite.core.loop import train
+    from rrhf_lite.core.models import load_for_training
+    from rrhf_lite.course.memory import ADAPTER_BYTES, GIB, Shapes, adapter_parameters, estimate_memory
+    from rrhf_lite.course.profiles import get_profile
+    from rrhf_lite.methods.dpo import add_reference_logprobs, collate_preferences, dpo_step
+    from rrhf_lite.methods.ranking import collate_rankings, ranking_step
+    from rrhf_lite.methods.reward import collate_comparisons, reward_step
+    from rrhf_lite.methods.sft import sft_step
 
     stage, length = spec["stage"], spec["length"]
     profile = get_profile("tiny", max_length=length, gradient_checkpointing=spec["checkpointing"], sft_batch_size=4,

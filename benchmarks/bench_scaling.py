@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_scaling.py [--repeats 2] [--steps 6]
 
-**RRHF and PRO vs candidates and length.** :func:`rrhf_lite.ranking.ranking_step` puts the ``n`` candidates of
+**RRHF and PRO vs candidates and length.** :func:`rrhf_lite.methods.ranking.ranking_step` puts the ``n`` candidates of
 ``B`` prompts through one forward pass of ``B * n`` sequences, so a step should cost about the same per token
 whatever ``n`` and the length ``L`` are: linear in the tokens ``B * n * L`` (attention adds an ``L**2`` term
 that is small at these lengths). Every candidate here is exactly ``L`` tokens (the world's prompt, then its reply's
@@ -13,8 +13,8 @@ configurations in order of increasing tokens. Peak memory is the RSS high-water 
 see ``benchmarks/common.py``); as every run shares the process, it includes the models and whatever the allocator
 kept from earlier runs, so read it as an upper bound that grows with the tokens per step, not as a per-run delta.
 
-**PPO, one iteration** (:mod:`rrhf_lite.ppo`, tiny profile: 64 prompts, 64 new tokens, 3 epochs of minibatches of
-16), split into the phases ``collect_rollout`` and ``train_ppo`` run, each timed with the library's own functions:
+**PPO, one iteration** (:mod:`rrhf_lite.methods.ppo`, tiny profile: 64 prompts, 64 new tokens, 3 epochs of minibatches
+of 16), split into the phases ``collect_rollout`` and ``train_ppo`` run, each timed with the library's own functions:
 generation (``generate_tokens``), policy log-probs + values and reference log-probs (``policy_forward``,
 ``reference_logprobs``, in the rollout's chunks, no gradients), scoring by the reward model (``score_replies``),
 per-token rewards and advantages, and the update (``ppo_update``). The model has random weights, so no reply ever
@@ -40,7 +40,8 @@ import common  # noqa: E402
 
 
 def fixed_length_rankings(tokenizer, rankings, n: int, length: int) -> list[dict]:
-    """Rows as :func:`rrhf_lite.ranking.tokenize_rankings` makes them, with ``n`` candidates of exactly ``length``."""
+    """Rows as :func:`rrhf_lite.methods.ranking.tokenize_rankings` makes them, with ``n`` candidates of exactly
+    ``length``."""
     rows = []
     for row in rankings:
         prompt_ids = tokenizer(row["prompt"])["input_ids"][: length // 2]
@@ -58,10 +59,10 @@ def fixed_length_rankings(tokenizer, rankings, n: int, length: int) -> list[dict
 def bench_ranking(args, model_dir: Path, profile) -> list[list]:
     import torch
 
-    from rrhf_lite.loop import train
-    from rrhf_lite.models import load_for_training
-    from rrhf_lite.ranking import collate_rankings, ranking_step
-    from rrhf_lite.world import TinyWorld
+    from rrhf_lite.core.loop import train
+    from rrhf_lite.core.models import load_for_training
+    from rrhf_lite.course.world import TinyWorld
+    from rrhf_lite.methods.ranking import collate_rankings, ranking_step
 
     candidates = [int(x) for x in args.candidates.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -118,7 +119,7 @@ def ppo_stages(model_dir: Path, profile, root: Path) -> tuple[Path, Path]:
     """``root/sft/model`` (the policy's base) and ``root/reward`` (a reward adapter + normalisation.json)."""
     import shutil
 
-    from rrhf_lite.models import load_for_training
+    from rrhf_lite.core.models import load_for_training
 
     sft_dir, reward_dir = root / "sft", root / "reward"
     shutil.copytree(model_dir, sft_dir / "model", dirs_exist_ok=True)
@@ -132,16 +133,15 @@ def ppo_stages(model_dir: Path, profile, root: Path) -> tuple[Path, Path]:
 def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], dict]:
     import torch
 
-    from rrhf_lite import ppo
-    from rrhf_lite.logprobs import sampled_batch
-    from rrhf_lite.sampling import generate_tokens
+    from rrhf_lite.core.logprobs import sampled_batch
+    from rrhf_lite.core.sampling import generate_tokens
+    from rrhf_lite.methods import ppo
 
     sft_dir, reward_dir = ppo_stages(model_dir, profile, root)
-    from rrhf_lite.pipeline import ppo_models
-    from rrhf_lite.sources import rollout_prompts
+    from rrhf_lite.course.pipeline import ppo_models
+    from rrhf_lite.course.sources import rollout_prompts
 
     model, tokenizer, reward_fn = ppo_models(profile, sft_dir, reward_dir)
-    ppo.use_plain_sampling(model.policy)
     n, temperature = profile.ppo_rollout_prompts, profile.sample_temperature
     prompts = ppo.fitting_prompts(tokenizer, rollout_prompts(profile, n * (args.ppo_iterations + 1)),
                                   n * (args.ppo_iterations + 1), profile.ppo_config())
@@ -237,11 +237,11 @@ def main() -> None:
     skip = set(args.skip.split(","))
 
     common.single_thread()
-    from rrhf_lite.profiles import get_profile
+    from rrhf_lite.course.profiles import get_profile
 
     lengths = [int(x) for x in args.lengths.split(",")]
     profile = get_profile("tiny", max_length=max(get_profile("tiny").max_length, *lengths))
-    common.print_header(f"Scaling, {common.DATE}: tiny profile, OMP_NUM_THREADS=1")
+    common.print_header("Scaling: tiny profile, OMP_NUM_THREADS=1")
     out = {"versions": common.versions(), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="rrhf-bench-") as tmp, common.Stopwatch() as total:
         model_dir = common.build_model_dir(Path(tmp) / "model", profile)

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv-bench/bin/python benchmarks/bench_vs_trl.py [--repeats 3] [--steps 15]
 
 Both sides get the same checkpoint (the tiny profile's Llama, random weights, saved once to a temp folder), the
-same LoRA config (``rrhf_lite.models.lora_config``: r, alpha, dropout and target modules of the profile), the same
+same LoRA config (``rrhf_lite.core.models.lora_config``: r, alpha, dropout and target modules of the profile), the same
 rows of the tiny world in the same order (no shuffling on either side), the same batch size, ``max_length``,
 optimiser (``torch.optim.AdamW``, non-fused, same learning rate, weight decay and clipping) and number of steps.
 Float32, no gradient checkpointing (TRL's configs default to bf16 and gradient checkpointing; both are turned off
@@ -15,8 +15,8 @@ the spread of the per-run medians, and the ratio TRL / ours (> 1: ours is faster
 
 DPO is measured three ways:
 
-* ``ours``: :func:`rrhf_lite.dpo.add_reference_logprobs` caches the reference log-probs once before training (not in
-  the step time; its one-off cost is printed), and chosen + rejected go through one forward pass;
+* ``ours``: :func:`rrhf_lite.methods.dpo.add_reference_logprobs` caches the reference log-probs once before training
+  (not in the step time; its one-off cost is printed), and chosen + rejected go through one forward pass;
 * ``trl``: TRL's default, ``precompute_ref_log_probs=False``: every step runs the policy forward (chosen + rejected
   concatenated) *and* a second, no-grad forward of the reference (the same model with its adapters disabled);
 * ``trl-precomputed``: ``precompute_ref_log_probs=True``, TRL's equivalent of our cache (a pass over the data when
@@ -57,7 +57,7 @@ def task_settings(profile, task: str) -> dict:
 
 def task_data(profile, task: str, n: int):
     """``n`` rows of the tiny world: prompt/completion (SFT) or prompt/chosen/rejected (reward, DPO)."""
-    from rrhf_lite.world import TinyWorld
+    from rrhf_lite.course.world import TinyWorld
 
     world = TinyWorld.from_profile(profile)
     if task == "sft":
@@ -68,12 +68,12 @@ def task_data(profile, task: str, n: int):
 def run_ours(spec: dict, profile, data) -> dict:
     import torch
 
-    from rrhf_lite.dpo import add_reference_logprobs, collate_preferences, dpo_step, tokenize_preferences
-    from rrhf_lite.logprobs import pad_batch
-    from rrhf_lite.loop import train
-    from rrhf_lite.models import load_for_training
-    from rrhf_lite.reward import collate_comparisons, reward_step, tokenize_comparisons
-    from rrhf_lite.sft import sft_step, tokenize_demonstrations
+    from rrhf_lite.core.logprobs import pad_batch
+    from rrhf_lite.core.loop import train
+    from rrhf_lite.core.models import load_for_training
+    from rrhf_lite.methods.dpo import add_reference_logprobs, collate_preferences, dpo_step, tokenize_preferences
+    from rrhf_lite.methods.reward import collate_comparisons, reward_step, tokenize_comparisons
+    from rrhf_lite.methods.sft import sft_step, tokenize_demonstrations
 
     task, settings = spec["task"], task_settings(profile, spec["task"])
     extra = {}
@@ -109,7 +109,7 @@ def run_trl(spec: dict, profile, data) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from rrhf_lite.models import lora_config
+    from rrhf_lite.core.models import lora_config
 
     task, settings = spec["task"], task_settings(profile, spec["task"])
     out_dir = tempfile.mkdtemp(prefix="trl-bench-")
@@ -169,7 +169,7 @@ def run_trl(spec: dict, profile, data) -> dict:
 
 def worker(spec: dict) -> None:
     common.single_thread()
-    from rrhf_lite.profiles import get_profile
+    from rrhf_lite.course.profiles import get_profile
 
     profile = get_profile("tiny")
     data = task_data(profile, spec["task"], spec["steps"] * task_settings(profile, spec["task"])["batch_size"])
@@ -230,7 +230,7 @@ def main() -> None:
         parser.error("--steps must exceed --warmup")
 
     common.single_thread()
-    common.print_header(f"Ours vs TRL, {common.DATE}: {args.repeats} interleaved repeats x {args.steps} steps "
+    common.print_header(f"Ours vs TRL: {args.repeats} interleaved repeats x {args.steps} steps "
                         f"({args.warmup} warm-up dropped), tiny profile, OMP_NUM_THREADS=1")
     tmp = tempfile.TemporaryDirectory(prefix="rrhf-bench-")
     model_dir = Path(args.model_dir or Path(tmp.name) / "model")

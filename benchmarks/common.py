@@ -37,7 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH_RESULT "
-DATE = "2026-11-25"  # date stamped on the figures in benchmarks/README.md
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -69,10 +68,11 @@ def single_thread() -> None:
 
 
 def versions() -> dict[str, str]:
-    """Versions and machine, for the header of every report."""
+    """When and where a report was measured: the date and time of this run (UTC), the versions, the machine."""
+    from datetime import datetime, timezone
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out = {"measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version()}
     for name in ("torch", "transformers", "peft", "accelerate", "datasets", "trl"):
         try:
             out[name] = version(name)
@@ -84,6 +84,7 @@ def versions() -> dict[str, str]:
     except (OSError, StopIteration):
         pass
     out["cpu"] = f"{cpu}, {os.cpu_count()} cores visible"
+    out["machine"] = f"{platform.node()} ({platform.machine()}, {platform.system()} {platform.release()})"
     out["threads"] = os.environ.get("OMP_NUM_THREADS", "unset")
     return out
 
@@ -106,9 +107,9 @@ def build_model_dir(path: str | Path, profile=None, dialogues: int | None = None
     tokenizer trained on the world's dialogues, and a freshly initialised ``LlamaForCausalLM``. Random weights are
     fine for timing: every side loads the same checkpoint and does the same arithmetic.
     """
-    from rrhf_lite.models import build_tiny_model, build_tokenizer
-    from rrhf_lite.profiles import get_profile
-    from rrhf_lite.world import TinyWorld
+    from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+    from rrhf_lite.course.profiles import get_profile
+    from rrhf_lite.course.world import TinyWorld
 
     profile = profile or get_profile("tiny")
     path = Path(path)
@@ -134,9 +135,9 @@ def save_random_qwen2(path: str | Path, shapes: dict, *, tokens: int, dialogues:
     import torch
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    from rrhf_lite.models import train_byte_level_bpe
-    from rrhf_lite.standins import ENDOFTEXT
-    from rrhf_lite.world import TinyWorld
+    from rrhf_lite.core.models import train_byte_level_bpe
+    from rrhf_lite.course.standins import ENDOFTEXT
+    from rrhf_lite.course.world import TinyWorld
 
     special = [ENDOFTEXT] + ([pad] if pad else [])
     tokenizer = PreTrainedTokenizerFast(

@@ -13,7 +13,7 @@ shapes, not on the weights, so a machine with no model hub measures what a Colab
 peak below 15 GB for every method on both profiles.
 
 What runs is the library's own code, as the notebooks run it: ``load_for_training`` (4-bit NF4 base + LoRA,
-gradient checkpointing as the profile says), the shared loop ``rrhf_lite.loop.train`` with ``sft_step``,
+gradient checkpointing as the profile says), the shared loop ``rrhf_lite.core.loop.train`` with ``sft_step``,
 ``dpo_step`` (after ``add_reference_logprobs``) and ``ranking_step`` (RRHF), and for PPO one iteration of
 ``collect_rollout`` + ``ppo_update`` with a second 4-bit model as the reward model. Batch sizes and lengths are the
 profile's (``--batch-size`` / ``--max-length`` override them). The data is the tiny world's text made long enough
@@ -72,7 +72,7 @@ def long_text(world, tokenizer, n_tokens: int, rng) -> str:
 
 
 def world_reply(prompt: str, rng) -> str:
-    from rrhf_lite.world import sample_response
+    from rrhf_lite.course.world import sample_response
 
     return sample_response(prompt, rng)
 
@@ -125,11 +125,11 @@ def measure(spec: dict) -> dict:
 
     import torch
 
-    from rrhf_lite.logprobs import pad_batch, tokenize_pair
-    from rrhf_lite.loop import train
-    from rrhf_lite.models import load_for_training
-    from rrhf_lite.profiles import get_profile
-    from rrhf_lite.world import TinyWorld
+    from rrhf_lite.core.logprobs import pad_batch, tokenize_pair
+    from rrhf_lite.core.loop import train
+    from rrhf_lite.core.models import load_for_training
+    from rrhf_lite.course.profiles import get_profile
+    from rrhf_lite.course.world import TinyWorld
 
     overrides = {k: v for k, v in (("base_model", spec.get("model")), ("max_length", spec.get("max_length"))) if v}
     profile = get_profile(spec["profile"], **overrides, **spec.get("profile_overrides", {}))
@@ -140,8 +140,8 @@ def measure(spec: dict) -> dict:
     result = {"task": task, "profile": profile.name, "model": profile.base_model, "max_length": profile.max_length}
 
     if task == "ppo":
-        from rrhf_lite import ppo
-        from rrhf_lite.reward import normalised_scorer
+        from rrhf_lite.methods import ppo
+        from rrhf_lite.methods.reward import normalised_scorer
 
         policy, tokenizer = load_for_training(profile.base_model, profile, head="lm")
         ppo.use_plain_sampling(policy)
@@ -181,7 +181,7 @@ def measure(spec: dict) -> dict:
     else:
         model, tokenizer = load_for_training(profile.base_model, profile, head="lm")
         if task == "sft":
-            from rrhf_lite.sft import sft_step
+            from rrhf_lite.methods.sft import sft_step
 
             batch_size = batch_override or profile.sft_batch_size
             pairs = full_length_pairs(world, tokenizer, batch_size * steps, profile.max_length, rng)
@@ -189,7 +189,7 @@ def measure(spec: dict) -> dict:
             collate = functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id)
             step, lr, seqs = sft_step, profile.sft_lr, batch_size
         elif task == "dpo":
-            from rrhf_lite.dpo import add_reference_logprobs, collate_preferences, dpo_step
+            from rrhf_lite.methods.dpo import add_reference_logprobs, collate_preferences, dpo_step
 
             batch_size = batch_override or profile.dpo_batch_size
             pairs = full_length_pairs(world, tokenizer, batch_size * steps, profile.max_length, rng)
@@ -199,7 +199,7 @@ def measure(spec: dict) -> dict:
             collate = functools.partial(collate_preferences, pad_token_id=tokenizer.pad_token_id)
             step, lr, seqs = functools.partial(dpo_step, beta=profile.dpo_beta), profile.dpo_lr, 2 * batch_size
         else:
-            from rrhf_lite.ranking import collate_rankings, ranking_step
+            from rrhf_lite.methods.ranking import collate_rankings, ranking_step
 
             batch_size = batch_override or profile.ranking_batch_size
             pairs = full_length_pairs(world, tokenizer, batch_size * steps, profile.max_length, rng)
@@ -227,10 +227,10 @@ def measure(spec: dict) -> dict:
 
 
 def estimate_gb(profile, config, task: str, batch: int | None) -> float:
-    """What ``rrhf_lite.memory.estimate_memory`` predicts for this run (its batch size, every sequence full)."""
+    """What ``rrhf_lite.course.memory.estimate_memory`` predicts for this run (its batch size, every sequence full)."""
     import dataclasses
 
-    from rrhf_lite.memory import GIB, estimate_memory
+    from rrhf_lite.course.memory import GIB, estimate_memory
 
     field = {"sft": "sft_batch_size", "dpo": "dpo_batch_size", "rrhf": "ranking_batch_size",
              "ppo": "ppo_rollout_prompts"}[task]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rrhf_lite.models import build_tiny_model, build_tokenizer
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld
 
 # A model small enough for unit tests (a few seconds to build), with small LoRA adapters.
 SMALL = dict(n_layer=2, hidden_size=64, intermediate_size=128, n_head=2, lora_r=4, lora_alpha=8)
@@ -34,7 +34,7 @@ def saved_model(tmp_path_factory) -> Path:
 def stages(tmp_path_factory) -> tuple[Path, Path]:
     """What PPO starts from: a small "SFT model" (``sft/model``) and a reward model on it (``reward/adapter``,
     ``normalisation.json``). Returns ``(sft_dir, reward_dir)``; tests must not modify them."""
-    from rrhf_lite.models import load_for_training
+    from rrhf_lite.core.models import load_for_training
 
     root = tmp_path_factory.mktemp("ppo")
     model_dir, reward_dir = root / "sft" / "model", root / "reward"
@@ -74,3 +74,9 @@ def pytest_collection_modifyitems(items):
         return 4 + heavy_lessons.index(item.name) if item.name in heavy_lessons else 6
 
     items.sort(key=rank)  # a stable sort keeps the order within each rank
+    # `make test-unit` leaves out what trains the course: the lessons, the tiny stages' chain, the rehearsal, the
+    # install into a fresh environment, the website's browser test
+    for item in items:
+        if any(name in item.nodeid for name in (*needs_tiny_stages, "test_lessons.py", "test_rehearsal", "test_install",
+                                                "test_study", "test_site")):
+            item.add_marker(pytest.mark.course)

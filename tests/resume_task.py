@@ -2,7 +2,7 @@
 
     python tests/resume_task.py MODEL_DIR OUT_DIR CHECKPOINT_DIR [slow-after-checkpoint]
 
-trains with :func:`rrhf_lite.sft.train_sft`, through the course's :func:`rrhf_lite.pipeline.train_folder`
+trains with :func:`rrhf_lite.methods.sft.train_sft`, through the course's :func:`rrhf_lite.course.pipeline.train_folder`
 (checkpoint every 10 steps of 20). With ``slow-after-checkpoint`` each step after the first checkpoint writes its
 number to ``CHECKPOINT_DIR/../progress`` and then waits 1 s, so that the test can kill the process (``kill -9``)
 while it is training past its checkpoint, long before it would end.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from conftest import SMALL  # tests/conftest.py: this folder is sys.path[0] when run as a script
 
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld
 
 STEPS, CHECKPOINT_EVERY = 20, 10  # train_sft checkpoints every 10 * log_every steps
 
@@ -30,7 +30,7 @@ def demonstrations():
 
 
 def run(model_dir, out_dir, checkpoint_dir=None):
-    from rrhf_lite.pipeline import train_folder
+    from rrhf_lite.course.pipeline import train_folder
 
     return train_folder(profile(), "sft", model_dir, demonstrations(), out_dir, checkpoint_dir, progress=False)
 
@@ -38,7 +38,8 @@ def run(model_dir, out_dir, checkpoint_dir=None):
 if __name__ == "__main__":
     model_dir, out_dir, checkpoint_dir = (Path(a) for a in sys.argv[1:4])
     if sys.argv[4:] == ["slow-after-checkpoint"]:
-        from rrhf_lite import loop, sft
+        from rrhf_lite.core import loop
+        from rrhf_lite.methods import sft
 
         real_save, real_step = loop.save_checkpoint, sft.sft_step
         progress, steps = checkpoint_dir.parent / "progress", {"n": 0, "saved": False}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rrhf_lite.claims import ClaimNotShown, Difference, check, paired
+from rrhf_lite.course.claims import ClaimNotShown, Difference, check, paired
 
 
 def test_a_claim_the_run_shows_is_printed_with_its_evidence(capsys):

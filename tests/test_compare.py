@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rrhf_lite import build, compare, pipeline
-from rrhf_lite.best_of_n import best_of_n_expectation
-from rrhf_lite.claims import ClaimNotShown, Difference
-from rrhf_lite.online import label_pairs, ranks_like_gold
-from rrhf_lite.profiles import get_profile
+from rrhf_lite.course import build, compare, pipeline, sources
+from rrhf_lite.course.claims import ClaimNotShown, Difference
+from rrhf_lite.course.online import label_pairs, ranks_like_gold
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.methods.best_of_n import best_of_n_expectation
 
 
 def test_gold_fit_recovers_a_known_peak_in_gao_et_al_rl_form():
@@ -123,7 +123,7 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     assert measured.notna().all().all() and np.isfinite(measured.to_numpy(dtype=float)).all()
     # every interval rests on the distinct held-out prompts; every paired difference from SFT is the difference of
     # the two means (the same prompts, as often each), inside its interval; SFT's from itself is exactly 0
-    assert (table["prompts"] == profile.eval_prompts).all() and len(set(pipeline.eval_prompts(profile))) == 200
+    assert (table["prompts"] == profile.eval_prompts).all() and len(set(sources.eval_prompts(profile))) == 200
     for column in compare.PAIRED:
         rows = trained_rows(table) if column == "kl" else list(table.index)
         diff = table.loc[rows, f"{column}_vs_sft"]

@@ -6,15 +6,14 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rrhf_lite.data import (
-    DataValidationError,
+from rrhf_lite.core.preferences import (
     hh_dataset_to_preferences,
     hh_to_preference,
     load_hh_rlhf,
     parse_turns,
     split_prompt_response,
-    validate_preference_dataset,
 )
+from rrhf_lite.core.validation import DataValidationError, validate_preference_dataset
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hh_rlhf_sample.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]

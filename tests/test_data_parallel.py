@@ -1,4 +1,4 @@
-"""Stages on several processes: ``accelerate launch --num_processes 2 -m rrhf_lite.build`` builds the SFT,
+"""Stages on several processes: ``accelerate launch --num_processes 2 -m rrhf_lite.course.build`` builds the SFT,
 reward-model, DPO and RRHF stages with the numbers one process gets, writes each stage once, and PPO refuses to
 start.
 
@@ -20,9 +20,9 @@ import torch
 from conftest import SMALL  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rrhf_lite import build
-from rrhf_lite.ppo import train_ppo
-from rrhf_lite.stages import STAGE_FILE
+from rrhf_lite.course import build
+from rrhf_lite.course.stages import STAGE_FILE
+from rrhf_lite.methods.ppo import train_ppo
 
 # A small course whose batches have odd sizes, so that the two processes get slices of unequal size (3 and 2 rows...)
 # and SFT's token mean has to be weighted across them.
@@ -50,7 +50,7 @@ def adapter_weights(stage: Path) -> dict[str, torch.Tensor]:
 def test_stages_on_two_processes_match_one_process(tmp_path):
     parallel, single = tmp_path / "parallel", tmp_path / "single"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rrhf_lite.build",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rrhf_lite.course.build",
            *STAGES, *build_args(parallel)]
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=600)

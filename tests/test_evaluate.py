@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rrhf_lite.evaluate import calibration, gold_agreement, pairwise_accuracy
+from rrhf_lite.methods.evaluate import calibration, gold_agreement, pairwise_accuracy
 
 
 def test_accuracies():
@@ -73,8 +73,8 @@ def _exact_kl(policy, reference, prompt_ids: list[int], eos: int, max_new_tokens
 
 
 def test_kl_from_sampled_ids_matches_the_exact_kl():
-    from rrhf_lite.evaluate import kl_to_reference
-    from rrhf_lite.sampling import generate_tokens
+    from rrhf_lite.core.sampling import generate_tokens
+    from rrhf_lite.methods.evaluate import kl_to_reference
 
     tokenizer, policy, reference = _tiny_vocabulary_models()
     prompt, max_new_tokens, temperature, n = "a b", 3, 0.7, 4000
@@ -92,7 +92,7 @@ def test_kl_from_sampled_ids_matches_the_exact_kl():
 
 
 def test_bootstrap_interval_resamples_prompts():
-    from rrhf_lite.evaluate import bootstrap_interval
+    from rrhf_lite.methods.evaluate import bootstrap_interval
 
     assert bootstrap_interval([2.0] * 12, replies_per_prompt=2) == pytest.approx((2.0, 2.0))  # no spread, no interval
     # Two replies per prompt, in evaluation order (all prompts, then all prompts again): each prompt's two replies
@@ -116,7 +116,7 @@ def test_bootstrap_interval_resamples_prompts():
 def test_paired_difference_cancels_what_the_prompts_share():
     """Two methods on the same prompts: prompt difficulty varies a lot, the methods differ by 0.3 on every prompt.
     Their own intervals overlap; the paired difference is 0.3 with a narrow interval that excludes 0."""
-    from rrhf_lite.evaluate import bootstrap_interval, paired_difference
+    from rrhf_lite.methods.evaluate import bootstrap_interval, paired_difference
 
     difficulty = 3 * torch.randn(100, generator=torch.Generator().manual_seed(0))
     noise = 0.1 * torch.randn(200, generator=torch.Generator().manual_seed(1))

@@ -2,7 +2,7 @@
 
 On Colab a notebook's set-up cell runs ``%pip install "rrhf-lite @ git+https://..."``: a normal (not editable) install
 of a wheel built from the repository, used from ``/content`` with no checkout on ``sys.path``; the stage cache then
-goes to ``./runs`` (see :func:`rrhf_lite.profiles.default_runs_dir`). This test does the same offline:
+goes to ``./runs`` (see :func:`rrhf_lite.course.profiles.default_runs_dir`). This test does the same offline:
 
 1. builds the wheel from the files a clone of the repository has, and checks that every file of the package is in it;
 2. makes a fresh virtual environment that sees the already-installed third-party libraries (torch, transformers...)
@@ -38,7 +38,7 @@ IGNORED = (".git", ".venv", ".venv-*", "runs", "build", "dist", "*.egg-info", "_
 PROBE = """\
 import json, os, sys
 import rrhf_lite
-from rrhf_lite.profiles import default_runs_dir, get_profile
+from rrhf_lite.course.profiles import default_runs_dir, get_profile
 finders = [f if isinstance(f, type) else type(f) for f in sys.meta_path]  # classes or instances
 print({marker!r} + json.dumps({{
     "file": rrhf_lite.__file__,

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from rrhf_lite.profiles import get_profile
+from rrhf_lite.course.profiles import get_profile
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 PROGRESS_BAR = re.compile(r"\d+%\|.*\|")  # what tqdm draws on stderr
@@ -44,11 +44,11 @@ def who_printed(line: str) -> str | None:
         module = found.group(1) or found.group(2)
     else:
         opening = OPENING_WORDS.match(line.strip())
-        sources = (*OURS.glob("*.py"), *SITE_PACKAGES.rglob("*.py"))
+        sources = (*OURS.rglob("*.py"), *SITE_PACKAGES.rglob("*.py"))
         source = opening and next((f for f in sources if opening.group(0)[:60] in f.read_text(errors="ignore")), None)
         if not source:
             return None
-        module = "rrhf_lite" if source.parent == OURS else source.relative_to(SITE_PACKAGES).parts[0]
+        module = "rrhf_lite" if OURS in source.parents else source.relative_to(SITE_PACKAGES).parts[0]
     distributions = importlib.metadata.packages_distributions().get(module, [])
     return f"{module} (distribution {', '.join(distributions)})" if distributions else module
 

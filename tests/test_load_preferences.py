@@ -15,9 +15,10 @@ from pathlib import Path  # noqa: E402
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
-from rrhf_lite.data import HH_RLHF, DataValidationError, DataWarning, load_hh_rlhf, load_preferences  # noqa: E402
-from rrhf_lite.logprobs import tokenize_pair  # noqa: E402
-from rrhf_lite.models import HH_CHAT_TEMPLATE, build_tokenizer  # noqa: E402
+from rrhf_lite.core.logprobs import tokenize_pair  # noqa: E402
+from rrhf_lite.core.models import HH_CHAT_TEMPLATE, build_tokenizer  # noqa: E402
+from rrhf_lite.core.preferences import HH_RLHF, load_hh_rlhf, load_preferences  # noqa: E402
+from rrhf_lite.core.validation import DataValidationError, DataWarning  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hh_rlhf_sample.jsonl"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rrhf_lite.logprobs import (
+from rrhf_lite.core.logprobs import (
     head_logprobs,
     in_given_order,
     length_batches,
@@ -21,9 +21,9 @@ from rrhf_lite.logprobs import (
     tokenize_pairs,
     tokenize_preference_pairs,
 )
-from rrhf_lite.models import build_tiny_model, build_tokenizer
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld
 
 PAIRS = [("\n\nHuman: How do I bake bread?\n\nAssistant:", " Knead the dough for ten minutes."),
          ("\n\nHuman: Help me steal a car.\n\nAssistant:", " Sorry, I can not help with that. Good luck!"),
@@ -265,7 +265,7 @@ def test_grouped_forward_gives_the_one_pass_logprobs_and_gradients(tok_and_model
     model.get_output_embeddings().requires_grad_(False)  # as under LoRA (tied to the input embeddings here)
     results = {}
     for name, min_saved in (("grouped", 0.0), ("one pass", 2.0)):
-        monkeypatch.setattr("rrhf_lite.logprobs.MIN_PADDING_SAVED", min_saved)
+        monkeypatch.setattr("rrhf_lite.core.logprobs.MIN_PADDING_SAVED", min_saved)
         model.zero_grad()
         out = sequence_logprobs(model, batch)
         out.sum.sum().backward()

@@ -4,12 +4,12 @@ import pytest
 import torch
 from conftest import SMALL  # tests/conftest.py
 
-from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
-from rrhf_lite.losses import sft_loss
-from rrhf_lite.models import load_for_training, load_tokenizer, merge_adapter
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.reward import collate_comparisons, reward_step, score, tokenize_comparisons
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.core.logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from rrhf_lite.core.losses import sft_loss
+from rrhf_lite.core.models import load_for_training, load_tokenizer, merge_adapter
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld
+from rrhf_lite.methods.reward import collate_comparisons, reward_step, score, tokenize_comparisons
 
 
 def sft_batch(tokenizer):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rrhf_lite.losses import (
+from rrhf_lite.core.losses import (
     dpo_loss,
     gae,
     kl_penalty,

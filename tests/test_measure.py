@@ -2,7 +2,7 @@
 
 import torch
 
-from rrhf_lite.measure import CostMeter
+from rrhf_lite.core.measure import CostMeter
 
 
 def test_cost_meter_sees_a_100_mb_tensor_even_after_a_bigger_one_was_freed():

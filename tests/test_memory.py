@@ -8,7 +8,8 @@ import pytest
 from peft import get_peft_model
 from transformers import Qwen2Config
 
-from rrhf_lite.memory import (
+from rrhf_lite.core.models import count_parameters, lora_config
+from rrhf_lite.course.memory import (
     GIB,
     STAGES,
     Shapes,
@@ -17,8 +18,7 @@ from rrhf_lite.memory import (
     sequences_per_step,
     weight_bytes,
 )
-from rrhf_lite.models import count_parameters, lora_config
-from rrhf_lite.profiles import get_profile
+from rrhf_lite.course.profiles import get_profile
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -7,13 +7,20 @@ import pytest
 import torch
 from conftest import SMALL  # tests/conftest.py
 
-from rrhf_lite.dpo import add_reference_logprobs, collate_preferences, dpo_step, tokenize_preferences
-from rrhf_lite.logprobs import pad_batch, sequence_logprobs, tokenize_pair
-from rrhf_lite.losses import pro_loss, rrhf_loss
-from rrhf_lite.models import load_for_training
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.ranking import collate_rankings, fold, ranking_step, shorten_rankings, tokenize_rankings, train_ranking
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.core.logprobs import pad_batch, sequence_logprobs, tokenize_pair
+from rrhf_lite.core.losses import pro_loss, rrhf_loss
+from rrhf_lite.core.models import load_for_training
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld
+from rrhf_lite.methods.dpo import add_reference_logprobs, collate_preferences, dpo_step, tokenize_preferences
+from rrhf_lite.methods.ranking import (
+    collate_rankings,
+    fold,
+    ranking_step,
+    shorten_rankings,
+    tokenize_rankings,
+    train_ranking,
+)
 
 
 def rankings(k_per_row=(3, 2)):

@@ -11,9 +11,9 @@ from conftest import SMALL  # tests/conftest.py; the `saved_model` fixture lives
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rrhf_lite.models import build_tiny_model, build_tokenizer, load_model, load_pretrained
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.world import TinyWorld, format_prompt
+from rrhf_lite.core.models import build_tiny_model, build_tokenizer, load_model, load_pretrained
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld, format_prompt
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_a_fresh_reward_head_loads_quietly_and_other_missing_weights_are_refused
 
 
 def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():
-    from rrhf_lite.pretrain import lm_batches, lm_step
+    from rrhf_lite.course.pretrain import lm_batches, lm_step
 
     tokenizer = build_tokenizer(TinyWorld(seed=0).dialogues(3000), vocab_size=1024)  # other tests change the fixture's
     texts = sorted(TinyWorld(seed=1).dialogues(64), key=len)
@@ -119,7 +119,7 @@ def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():
 def test_bitsandbytes_import_drops_only_its_report_of_the_missing_kernels_package(caplog):
     """While bitsandbytes is imported, ``kernels`` is unimportable and bitsandbytes logs that ImportError: that one
     record is dropped (whatever its wording); every other record of that logger passes."""
-    from rrhf_lite import bitsandbytes_import
+    from rrhf_lite.core import bitsandbytes_import
 
     logger = logging.getLogger("rrhf_lite.test")
     logger.addFilter(bitsandbytes_import._not_about_kernels_missing)
@@ -151,14 +151,14 @@ socket.getaddrinfo = refuse
 socket.create_connection = refuse
 socket.socket.connect = lambda self, address: refuse(address)
 socket.socket.connect_ex = lambda self, address: refuse(address)
-import rrhf_lite.models
+import rrhf_lite.core.models
 print(json.dumps(opened))
 """
 
 
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE=1", "online"])
 def test_importing_the_models_module_prints_nothing_and_opens_no_connection(offline, monkeypatch):
-    """A fresh interpreter imports rrhf_lite.models (and so peft and bitsandbytes), with and without HF_HUB_OFFLINE
+    """A fresh interpreter imports rrhf_lite.core.models (and so peft and bitsandbytes), with and without HF_HUB_OFFLINE
     (make main runs without it): nothing printed, no name looked up, no connection opened. On a CPU with
     AVX512-BF16, bitsandbytes would otherwise ask the hub for a kernel the package never runs."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -167,4 +167,4 @@ def test_importing_the_models_module_prints_nothing_and_opens_no_connection(offl
     done = subprocess.run([sys.executable, "-c", NETWORK_GUARD], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert done.stdout == "[]\n", f"importing rrhf_lite.models tried the network: {done.stdout}"
+    assert done.stdout == "[]\n", f"importing rrhf_lite.core.models tried the network: {done.stdout}"

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rrhf_lite.loop import CHECKPOINT_FILE, NonFiniteLossError, save_checkpoint, train
-from rrhf_lite.losses import (
+from rrhf_lite.core.loop import CHECKPOINT_FILE, NonFiniteLossError, save_checkpoint, train
+from rrhf_lite.core.losses import (
     MAX_LOG_RATIO,
     dpo_loss,
     gae,

@@ -10,14 +10,14 @@ import math
 import pytest
 import torch
 
-from rrhf_lite import pipeline
-from rrhf_lite.best_of_n import best_of_n_curve
-from rrhf_lite.claims import paired
-from rrhf_lite.evaluate import gold_rewards, mean, pairwise_accuracy
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.reward import load_reward_model, score_pairs
-from rrhf_lite.sampling import generate
-from rrhf_lite.world import label_ceiling
+from rrhf_lite.core.sampling import generate
+from rrhf_lite.course import pipeline, sources
+from rrhf_lite.course.claims import paired
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import gold_rewards, label_ceiling
+from rrhf_lite.methods.best_of_n import best_of_n_curve
+from rrhf_lite.methods.evaluate import mean, pairwise_accuracy
+from rrhf_lite.methods.reward import load_reward_model, score_pairs
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def sft_gold(profile) -> float:
 
 
 def test_sft_raises_mean_gold_reward_over_the_base_model(profile):
-    prompts = pipeline.eval_prompts(profile)
+    prompts = sources.eval_prompts(profile)
     kwargs = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.sample_temperature, seed=profile.seed)
     base, tokenizer = pipeline.load_policy(profile, pipeline.base_model_path(profile))
     sft, _ = pipeline.load_policy(profile, pipeline.sft_stage(profile) / "model")
@@ -42,7 +42,7 @@ def test_sft_raises_mean_gold_reward_over_the_base_model(profile):
 def test_reward_model_is_within_5_points_of_the_label_noise_ceiling(profile):
     sft, reward = pipeline.sft_stage(profile), pipeline.reward_stage(profile)
     model, tokenizer = load_reward_model(sft / "model", reward / "adapter", profile)
-    test_pairs = pipeline.preference_data(profile, "test", profile.rm_eval_pairs)
+    test_pairs = sources.preference_data(profile, "test", profile.rm_eval_pairs)
     chosen, rejected = score_pairs(model, tokenizer, test_pairs, profile.max_length)
     ceiling = label_ceiling(test_pairs, profile.world_label_temperature)
     assert pairwise_accuracy(chosen, rejected) > ceiling - 0.05

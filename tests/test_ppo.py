@@ -9,13 +9,15 @@ from conftest import RUN, SMALL, STATS  # tests/conftest.py; the `stages` fixtur
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from rrhf_lite import ppo
-from rrhf_lite.evaluate import gold_rewards
-from rrhf_lite.logprobs import sampled_batch, sequence_logprobs, tokenize_pair
-from rrhf_lite.loop import CHECKPOINT_FILE
-from rrhf_lite.models import load_for_training
-from rrhf_lite.pipeline import train_ppo_folder
-from rrhf_lite.ppo import (
+from rrhf_lite.core.logprobs import sampled_batch, sequence_logprobs, tokenize_pair
+from rrhf_lite.core.loop import CHECKPOINT_FILE
+from rrhf_lite.core.models import load_for_training
+from rrhf_lite.course.pipeline import train_ppo_folder
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.sources import rollout_prompts
+from rrhf_lite.course.world import TinyWorld, gold_rewards
+from rrhf_lite.methods import ppo
+from rrhf_lite.methods.ppo import (
     AdaptiveKLController,
     FixedKLController,
     PolicyAndValue,
@@ -31,10 +33,7 @@ from rrhf_lite.ppo import (
     token_rewards,
     train_ppo,
 )
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.reward import load_reward_model, normalised_scorer
-from rrhf_lite.sources import rollout_prompts
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.methods.reward import load_reward_model, normalised_scorer
 
 HISTORY_KEYS = {"iteration", "proxy_reward", "score", "gold_reward", "kl", "beta", "lr", "approx_kl",
                 "clip_fraction", "value_loss", "policy_loss", "entropy", "ended", "reply_tokens"}

@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 
-from rrhf_lite import profiles
-from rrhf_lite.profiles import PROFILES, get_profile
+from rrhf_lite.course import profiles
+from rrhf_lite.course.profiles import PROFILES, get_profile
 
 
 def test_default_is_tiny_and_env_var_selects(monkeypatch):

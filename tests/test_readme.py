@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.standins import build_base_model
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.standins import build_base_model
+from rrhf_lite.course.world import TinyWorld
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MODEL_ID = "Qwen/Qwen2.5-0.5B"

@@ -13,12 +13,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from rrhf_lite import pipeline
-from rrhf_lite.data import load_preferences, parse_turns
-from rrhf_lite.judge import judge_scores, load_judge, render
-from rrhf_lite.models import load_for_training
-from rrhf_lite.profiles import REHEARSAL_CHANGES, get_profile
-from rrhf_lite.standins import TEST_ROWS, TRAIN_ROWS, resolve
+from rrhf_lite.core.models import load_for_training
+from rrhf_lite.core.preferences import load_preferences, parse_turns
+from rrhf_lite.course import pipeline, sources
+from rrhf_lite.course.profiles import REHEARSAL_CHANGES, get_profile
+from rrhf_lite.course.standins import TEST_ROWS, TRAIN_ROWS, resolve
+from rrhf_lite.methods.judge import judge_scores, load_judge, render
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_the_judge_is_the_gold_standard_of_real_profiles(profile):
     rankings = pipeline.load_samples(profile, "rankings")
     assert "gold_scores" in rankings.column_names  # candidates carry the judge's scores, as the world's gold
     no_judge = dataclasses.replace(profile, judge_model=None)
-    assert pipeline.gold_scorer(no_judge) is None and not pipeline.has_gold(no_judge)
+    assert pipeline.gold_scorer(no_judge) is None and not sources.has_gold(no_judge)
 
 
 def test_model_data_and_judge_fields_take_local_paths(profile):
@@ -119,7 +119,7 @@ def test_model_data_and_judge_fields_take_local_paths(profile):
                                 dataset=str(resolve(profile.dataset, profile)),
                                 judge_model=str(resolve(profile.judge_model, profile)))
     assert pipeline.base_model_path(local) == local.base_model
-    pairs = pipeline.preference_data(local, "train", 7)
-    assert len(pairs) == 7 and pairs[0] == pipeline.preference_data(profile, "train", 7)[0]
+    pairs = sources.preference_data(local, "train", 7)
+    assert len(pairs) == 7 and pairs[0] == sources.preference_data(profile, "train", 7)[0]
     model, tokenizer = load_judge(local.judge_model)
     assert judge_scores(model, tokenizer, pairs["prompt"], pairs["chosen"], max_length=512).shape == (7,)

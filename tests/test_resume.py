@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rrhf_lite.loop import CHECKPOINT_FILE, train
+from rrhf_lite.core.loop import CHECKPOINT_FILE, train
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

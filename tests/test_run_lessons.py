@@ -15,7 +15,8 @@ RUNNER = ROOT / "tools" / "run_lessons.py"
 # A library that warns (Python shows a warning once per process and place unless told otherwise).
 HELPER = "import warnings\n\ndef warn():\n    warnings.warn('from a library', UserWarning)\n"
 # A lesson that leaves traces behind in every kind of state the runner restores, and prints that state.
-POLLUTER = ("x = 41\nimport os, warnings, matplotlib, matplotlib.pyplot as plt, torch, helper, rrhf_lite.stages\n"
+POLLUTER = ("x = 41\nimport os, warnings, matplotlib, matplotlib.pyplot as plt, torch, helper\n"
+            "import rrhf_lite.course.stages\n"
             "os.environ['LEFT_BEHIND'] = '1'\nmatplotlib.rcParams['lines.linewidth'] = 9\nplt.figure()\n"
             "warnings.simplefilter('ignore')\ntorch.set_num_threads(1)\nhelper.warn()")
 PROBE = ("import os, sys, matplotlib, matplotlib.pyplot as plt, torch, helper\nhelper.warn()\n"

@@ -8,13 +8,18 @@ import datasets
 import pytest
 import torch
 
-from rrhf_lite.best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl, select_best
-from rrhf_lite.candidates import build_rankings, merge_sources, perplexities, perplexity_filter, rankings_to_pairs
-from rrhf_lite.evaluate import gold_rewards
-from rrhf_lite.models import build_tiny_model, build_tokenizer
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.sampling import generate, generate_tokens, sample_candidates
-from rrhf_lite.world import TinyWorld
+from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.core.sampling import generate, generate_tokens, sample_candidates
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.world import TinyWorld, gold_rewards
+from rrhf_lite.methods.best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl, select_best
+from rrhf_lite.methods.candidates import (
+    build_rankings,
+    merge_sources,
+    perplexities,
+    perplexity_filter,
+    rankings_to_pairs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +144,7 @@ def test_rankings_and_pairs_reload_with_their_columns(tmp_path):
     w = TinyWorld(seed=0)
     prompts = w.sample_prompts(3)
     rng = random.Random(0)
-    from rrhf_lite.world import expert_response, sample_response
+    from rrhf_lite.course.world import expert_response, sample_response
 
     sources = {"sft": [[sample_response(p, rng) for _ in range(2)] for p in prompts],
                "expert": [[expert_response(p)] for p in prompts]}

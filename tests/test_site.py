@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from rrhf_lite import compare
-from rrhf_lite.profiles import get_profile
+from rrhf_lite.course import compare
+from rrhf_lite.course.profiles import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "website"))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from filelock import FileLock, Timeout
 
-from rrhf_lite import stages
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.stages import STAGE_FILE, build_or_load, incomplete_reason, is_complete, stage_info, stage_path
+from rrhf_lite.course import stages
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.stages import STAGE_FILE, build_or_load, incomplete_reason, is_complete, stage_info, stage_path
 
 FIELDS = ("seed", "pretrain_steps")
 

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rrhf_lite import study
-from rrhf_lite.plots import plot_sqrt_kl_trajectory
-from rrhf_lite.profiles import get_profile
+from rrhf_lite.course import study
+from rrhf_lite.course.plots import plot_sqrt_kl_trajectory
+from rrhf_lite.course.profiles import get_profile
 
 
 def test_t_intervals_have_known_answers():

@@ -7,8 +7,9 @@ import datasets
 import pytest
 from conftest import SMALL  # tests/conftest.py
 
-from rrhf_lite.candidates import build_rankings, rankings_to_pairs
-from rrhf_lite.data import (
+from rrhf_lite.core.logprobs import pad_batch, tokenize_pair
+from rrhf_lite.core.models import load_tokenizer
+from rrhf_lite.core.validation import (
     DataValidationError,
     DataWarning,
     report_truncation,
@@ -18,14 +19,13 @@ from rrhf_lite.data import (
     validate_rankings,
     validate_tokenizer,
 )
-from rrhf_lite.dpo import tokenize_preferences, train_dpo
-from rrhf_lite.logprobs import pad_batch, tokenize_pair
-from rrhf_lite.models import load_tokenizer
-from rrhf_lite.pipeline import train_folder
-from rrhf_lite.profiles import get_profile
-from rrhf_lite.ranking import shorten_rankings, tokenize_rankings, train_pro, train_rrhf
-from rrhf_lite.reward import tokenize_comparisons, train_reward_model
-from rrhf_lite.sft import tokenize_demonstrations, train_sft
+from rrhf_lite.course.pipeline import train_folder
+from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.methods.candidates import build_rankings, rankings_to_pairs
+from rrhf_lite.methods.dpo import tokenize_preferences, train_dpo
+from rrhf_lite.methods.ranking import shorten_rankings, tokenize_rankings, train_pro, train_rrhf
+from rrhf_lite.methods.reward import tokenize_comparisons, train_reward_model
+from rrhf_lite.methods.sft import tokenize_demonstrations, train_sft
 
 P = "\n\nHuman: How do I boil water?\n\nAssistant:"
 

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from rrhf_lite import world
-from rrhf_lite.world import TinyWorld, expert_response, format_prompt, judge, label_agreement, label_ceiling
+from rrhf_lite.course import world
+from rrhf_lite.course.world import TinyWorld, expert_response, format_prompt, judge, label_agreement, label_ceiling
 
 
 def test_same_seed_same_data_and_different_seed_different_data():

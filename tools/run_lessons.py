@@ -46,9 +46,10 @@ DROP_PACKAGE = """
 SNAPSHOT = """
 def _snapshot():
     import importlib, os, sys, types, warnings
-    # peft through rrhf_lite.models, as the lessons import it: bitsandbytes without its hub lookup (bitsandbytes_import)
-    for module in ("torch", "transformers", "rrhf_lite.models", "datasets", "matplotlib.pyplot", "pandas",
-                   "rrhf_lite.pipeline", "rrhf_lite.plots"):
+    # peft through rrhf_lite.core.models, as the lessons import it: bitsandbytes without its hub lookup
+    # (bitsandbytes_import)
+    for module in ("torch", "transformers", "rrhf_lite.core.models", "datasets", "matplotlib.pyplot", "pandas",
+                   "rrhf_lite.course.pipeline", "rrhf_lite.course.plots"):
         importlib.import_module(module)
 """ + DROP_PACKAGE + """
     import matplotlib, torch

@@ -36,8 +36,8 @@ import pandas as pd
 import yaml
 from execution_record import StaleNotebooks, check_fresh  # website/execution_record.py, beside this script
 
-from rrhf_lite.compare import with_intervals
-from rrhf_lite.profiles import get_profile
+from rrhf_lite.course.compare import with_intervals
+from rrhf_lite.course.profiles import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 GITHUB = "https://github.com/rrhf-lite/rrhf-lite"
