@@ -138,8 +138,8 @@ def bench_ppo(args, model_dir: Path, profile, root: Path) -> tuple[list[list], d
     from rrhf_lite.methods import ppo
 
     sft_dir, reward_dir = ppo_stages(model_dir, profile, root)
-    from rrhf_lite.course.pipeline import ppo_models
     from rrhf_lite.course.sources import rollout_prompts
+    from rrhf_lite.course.training import ppo_models
 
     model, tokenizer, reward_fn = ppo_models(profile, sft_dir, reward_dir)
     n, temperature = profile.ppo_rollout_prompts, profile.sample_temperature

@@ -2,7 +2,7 @@
 
     python tests/resume_task.py MODEL_DIR OUT_DIR CHECKPOINT_DIR [slow-after-checkpoint]
 
-trains with :func:`rrhf_lite.methods.sft.train_sft`, through the course's :func:`rrhf_lite.course.pipeline.train_folder`
+trains with :func:`rrhf_lite.methods.sft.train_sft`, through the course's :func:`rrhf_lite.course.training.train_folder`
 (checkpoint every 10 steps of 20). With ``slow-after-checkpoint`` each step after the first checkpoint writes its
 number to ``CHECKPOINT_DIR/../progress`` and then waits 1 s, so that the test can kill the process (``kill -9``)
 while it is training past its checkpoint, long before it would end.
@@ -30,7 +30,7 @@ def demonstrations():
 
 
 def run(model_dir, out_dir, checkpoint_dir=None):
-    from rrhf_lite.course.pipeline import train_folder
+    from rrhf_lite.course.training import train_folder
 
     return train_folder(profile(), "sft", model_dir, demonstrations(), out_dir, checkpoint_dir, progress=False)
 

@@ -21,9 +21,9 @@ import torch
 from conftest import RUN, SMALL  # tests/conftest.py
 from safetensors.torch import load_file
 
-from rrhf_lite.course.pipeline import train_folder, train_ppo_folder
 from rrhf_lite.course.pretrain import train_base_model
 from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.training import train_folder, train_ppo_folder
 from rrhf_lite.course.world import TinyWorld
 
 TINY = dict(SMALL, log_every=1, max_length=96, pretrain_dialogues=200, pretrain_steps=3, pretrain_batch_size=8,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rrhf_lite.core.sampling import generate
-from rrhf_lite.course import pipeline, sources
+from rrhf_lite.course import pipeline, scoring, sources
 from rrhf_lite.course.claims import paired
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import gold_rewards, label_ceiling
@@ -32,8 +32,8 @@ def sft_gold(profile) -> float:
 def test_sft_raises_mean_gold_reward_over_the_base_model(profile):
     prompts = sources.eval_prompts(profile)
     kwargs = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.sample_temperature, seed=profile.seed)
-    base, tokenizer = pipeline.load_policy(profile, pipeline.base_model_path(profile))
-    sft, _ = pipeline.load_policy(profile, pipeline.sft_stage(profile) / "model")
+    base, tokenizer = scoring.load_policy(profile, pipeline.base_model_path(profile))
+    sft, _ = scoring.load_policy(profile, pipeline.sft_stage(profile) / "model")
     gold_base = mean(gold_rewards(prompts, generate(base, tokenizer, prompts, **kwargs)))
     gold_sft = mean(gold_rewards(prompts, generate(sft, tokenizer, prompts, **kwargs)))
     assert gold_sft > gold_base + 0.2, (gold_base, gold_sft)

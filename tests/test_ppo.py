@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM
 from rrhf_lite.core.logprobs import sampled_batch, sequence_logprobs, tokenize_pair
 from rrhf_lite.core.loop import CHECKPOINT_FILE
 from rrhf_lite.core.models import load_for_training
-from rrhf_lite.course.pipeline import train_ppo_folder
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.sources import rollout_prompts
+from rrhf_lite.course.training import train_ppo_folder
 from rrhf_lite.course.world import TinyWorld, gold_rewards
 from rrhf_lite.methods import ppo
 from rrhf_lite.methods.ppo import (

@@ -39,6 +39,21 @@ def test_fingerprint_depends_only_on_named_fields():
     assert a.fingerprint(["pretrain_lr"]) != b.fingerprint(["pretrain_lr"])
 
 
+def test_a_config_in_a_key_stands_for_every_field_it_is_built_from():
+    """Stage keys name the configs a stage trains with ("dpo_config"), not lists of the fields behind them: a change
+    to any field a config reads changes the key, a change to a field it does not read leaves the key alone."""
+    base = get_profile("tiny")
+    assert base.values(["dpo_config"])["dpo_config"]["beta"] == base.dpo_beta
+    for field, value in (("dpo_beta", 0.3), ("dpo_label_smoothing", 0.1), ("weight_decay", 0.0), ("max_length", 96),
+                         ("log_every", 5), ("seed", 1)):
+        changed = get_profile("tiny", **{field: value})
+        assert changed.fingerprint(["dpo_config"]) != base.fingerprint(["dpo_config"]), field
+    for field, value in (("rrhf_lr", 1e-3), ("ppo_lr", 1e-3), ("sft_steps", 7)):
+        assert get_profile("tiny", **{field: value}).fingerprint(["dpo_config"]) == base.fingerprint(["dpo_config"])
+    ppo = get_profile("tiny", sample_temperature=1.0)  # PPO samples its rollouts at the profile's temperature
+    assert ppo.fingerprint(["ppo_config"]) != base.fingerprint(["ppo_config"])
+
+
 def test_every_field_has_a_one_line_comment():
     source = inspect.getsource(profiles)
     lines = source.splitlines()

@@ -104,3 +104,20 @@ def test_the_package_s_import_graph_has_no_cycles_not_even_through_function_loca
     # lower modules never reach up into the pipeline: only the modules above it import it
     assert {m for m, imports in graph.items() if "course.pipeline" in imports} <= {"course.build", "course.compare",
                                                                                     "course.study"}
+
+
+def test_the_pipeline_is_a_table_of_stages_that_loads_trains_and_samples_nothing_itself():
+    """How a stage trains is course/training.py, how the course measures course/scoring.py: the pipeline says which
+    stage depends on what and calls them, and imports no model loader, trainer, sampler or scorer of its own."""
+    import ast
+
+    tree = ast.parse((PACKAGE_DIR / "course" / "pipeline.py").read_text())
+    imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    doing = {(module, name) for module, name in imported if (module or "").startswith(("rrhf_lite.core",
+                                                                                        "rrhf_lite.methods"))
+             and (name.startswith(("train", "load", "generate", "sample_", "score", "judge_", "merge"))
+                  or module in ("rrhf_lite.core.sampling", "rrhf_lite.core.models", "rrhf_lite.methods.reward"))}
+    assert not doing, f"pipeline.py does work of its own: {sorted(doing)}"
+    stages = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.endswith("_stage")]
+    assert len(stages) >= 7, stages  # sft, reward, judge, samples, method, online, trajectory

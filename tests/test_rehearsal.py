@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from rrhf_lite.core.models import load_for_training
 from rrhf_lite.core.preferences import load_preferences, parse_turns
-from rrhf_lite.course import pipeline, sources
+from rrhf_lite.course import pipeline, scoring, sources
 from rrhf_lite.course.profiles import REHEARSAL_CHANGES, get_profile
 from rrhf_lite.course.standins import TEST_ROWS, TRAIN_ROWS, resolve
 from rrhf_lite.methods.judge import judge_scores, load_judge, render
@@ -47,7 +47,7 @@ def test_the_base_stand_in_is_a_qwen2_without_a_pad_token_of_its_own(profile):
     assert config.vocab_size > len(tokenizer)  # spare embedding rows, as Qwen's: room for the pad token we add
     text = "\n\nHuman: Qu'est-ce que c'est? 🙂\n\nAssistant:"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # byte-level: any string round-trips
-    model, tokenizer = pipeline.load_policy(profile, path)
+    model, tokenizer = scoring.load_policy(profile, path)
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())  # colab-t4's QLoRA path
 
@@ -102,7 +102,7 @@ def test_the_sft_baseline_is_the_model_every_method_starts_from(profile, tmp_pat
 def test_the_judge_is_the_gold_standard_of_real_profiles(profile):
     stats = json.loads((pipeline.judge_stage(profile) / "normalisation.json").read_text())
     gold = pipeline.gold_scorer(profile)
-    prompts, samples = pipeline.normalisation_samples(profile, pipeline.sft_stage(profile) / "model")
+    prompts, samples = scoring.normalisation_samples(profile, pipeline.sft_stage(profile) / "model")
     scores = torch.tensor(gold(prompts, samples))
     # normalised on exactly these SFT samples: mean 0, standard deviation 1
     assert abs(scores.mean().item()) < 1e-4 and abs(scores.std().item() - 1) < 1e-4

@@ -19,8 +19,8 @@ from rrhf_lite.core.validation import (
     validate_rankings,
     validate_tokenizer,
 )
-from rrhf_lite.course.pipeline import train_folder
 from rrhf_lite.course.profiles import get_profile
+from rrhf_lite.course.training import train_folder
 from rrhf_lite.methods.candidates import build_rankings, rankings_to_pairs
 from rrhf_lite.methods.dpo import tokenize_preferences, train_dpo
 from rrhf_lite.methods.ranking import shorten_rankings, tokenize_rankings, train_pro, train_rrhf

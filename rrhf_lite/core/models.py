@@ -245,7 +245,7 @@ def load_model(path: str | Path, config=ModelConfig(), *, head: str = "lm"):
     ``(model, tokenizer)``.
 
     In ``config.compute_dtype``; in 4-bit NF4 when ``config.load_in_4bit`` (QLoRA), prepared for k-bit
-    training. The same loader serves sampling and scoring (:func:`rrhf_lite.course.pipeline.load_policy`) and training
+    training. The same loader serves sampling and scoring (:func:`rrhf_lite.course.scoring.load_policy`) and training
     (:func:`load_for_training`), so "the SFT model" is one model everywhere: on a 4-bit profile the baseline's
     samples come from the same quantised weights that the methods start from and measure their KL against.
 

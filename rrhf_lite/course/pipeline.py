@@ -15,8 +15,11 @@ the profile fields it depends on, so changing one of them builds a new entry ins
 
     judge   real profiles only: the normalisation of the gold judge (``profile.judge_model``) on SFT samples
 
-Which data a profile uses (the tiny world, HH-RLHF, local files) is :mod:`rrhf_lite.course.sources`; where the base
-model, data and judge of the ``rehearsal`` profile come from is :mod:`rrhf_lite.course.standins`.
+This module is the table of stages: what each depends on (profile fields, upstream stages, code) and what it calls.
+The work is elsewhere: how a stage trains (:mod:`rrhf_lite.course.training`: load, train with the profile's config,
+save), how the course measures (:mod:`rrhf_lite.course.scoring`: samples, scorers, evaluations), which data a profile
+uses (:mod:`rrhf_lite.course.sources`), and where the ``rehearsal`` profile's stand-ins come from
+(:mod:`rrhf_lite.course.standins`).
 """
 
 from __future__ import annotations
@@ -25,30 +28,23 @@ import contextlib
 import dataclasses
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import datasets
-import torch
 
-from rrhf_lite.core.loop import save_run
 from rrhf_lite.core.measure import CostMeter
-from rrhf_lite.core.models import load_for_training, load_model, merge_adapter
-from rrhf_lite.core.sampling import generate, sample_candidates
-from rrhf_lite.core.validation import (
-    DataWarning,
-    sampled_replies,
-    validate_demonstrations,
-    validate_preference_dataset,
-    validate_rankings,
-)
+from rrhf_lite.core.validation import sampled_replies
 from rrhf_lite.course.online import ranks_like_gold, run_round
 from rrhf_lite.course.pretrain import train_base_model
 from rrhf_lite.course.profiles import weak_kl_profile
+from rrhf_lite.course.scoring import (
+    build_samples,
+    evaluate_adapter_with,
+    judge_normalisation,
+    judge_scorer,
+    proxy_scorer,
+)
 from rrhf_lite.course.sources import (
-    candidate_prompts,
-    comparison_prompts,
-    eval_prompts,
     evaluation_prompts,
     has_gold,
     is_tiny_world,
@@ -58,53 +54,32 @@ from rrhf_lite.course.sources import (
 )
 from rrhf_lite.course.stages import TrainingRun, build_or_load, checkpoint_dir, read_output, training_run
 from rrhf_lite.course.standins import resolve
+from rrhf_lite.course.training import train_folder, train_ppo_folder, train_reward_folder
 from rrhf_lite.course.world import gold_rewards, label_agreement
-from rrhf_lite.methods.candidates import build_rankings, perplexities, perplexity_filter, rankings_to_pairs
-from rrhf_lite.methods.dpo import train_dpo
-from rrhf_lite.methods.evaluate import policy_report
-from rrhf_lite.methods.judge import judge_scores, load_judge
-from rrhf_lite.methods.ppo import PolicyAndValue, init_value_head, train_ppo, use_plain_sampling
-from rrhf_lite.methods.ranking import shorten_rankings, train_pro, train_rrhf
-from rrhf_lite.methods.reward import (
-    load_reward_model,
-    normalisation,
-    normalise,
-    normalised_scorer,
-    score,
-    train_reward_model,
-)
-from rrhf_lite.methods.sft import train_sft
+from rrhf_lite.methods.candidates import perplexity_filter
+from rrhf_lite.methods.ranking import shorten_rankings
 
+# What a stage's key holds besides its upstream stages and its code: the configs it trains with ("model_config",
+# "dpo_config": the profile's methods that build them, hashed whole, so a field added to a config enters every key
+# that uses it) and the course's own fields it reads (the world, the data, the evaluation).
 WORLD_FIELDS = ("seed", "dataset", "world_harmful_fraction", "world_label_temperature", "world_test_fraction")
 BASE_FIELDS = WORLD_FIELDS + ("base_model", "pretrain_dialogues", "tokenizer_vocab_size", "n_layer", "n_head",
                               "hidden_size", "intermediate_size", "max_length", "pretrain_steps",
                               "pretrain_batch_size", "pretrain_lr", "pretrain_warmup_steps", "weight_decay",
                               "max_grad_norm")
-LORA_FIELDS = ("load_in_4bit", "compute_dtype", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-               "gradient_checkpointing", "max_length", "weight_decay", "max_grad_norm", "seed")
-SFT_FIELDS = WORLD_FIELDS + LORA_FIELDS + ("sft_examples", "sft_expert_fraction", "sft_steps", "sft_batch_size",
-                                           "sft_lr", "sft_warmup_steps")
-REWARD_FIELDS = WORLD_FIELDS + LORA_FIELDS + ("rm_pairs", "rm_eval_pairs", "rm_steps", "rm_batch_size", "rm_lr",
-                                              "rm_warmup_steps", "rm_center_coef", "rm_eval_every",
-                                              # the normalisation statistics come from SFT samples drawn with these:
-                                              "eval_prompts", "max_new_tokens", "sample_temperature")
+SFT_FIELDS = WORLD_FIELDS + ("sft_examples", "sft_expert_fraction", "model_config", "sft_config")
+REWARD_FIELDS = WORLD_FIELDS + ("rm_pairs", "rm_eval_pairs", "model_config", "reward_config",
+                                # the normalisation statistics come from SFT samples drawn with these:
+                                "eval_prompts", "max_new_tokens", "sample_temperature")
 EVAL_FIELDS = ("eval_prompts", "eval_samples_per_prompt", "max_new_tokens", "sample_temperature", "max_length",
                "generation_batch_size")
 SAMPLES_FIELDS = WORLD_FIELDS + EVAL_FIELDS + ("compute_dtype", "sample_prompts", "samples_per_prompt",
                                                "base_samples_per_prompt", "sample_top_p", "bon_n")
-RANKING_FIELDS = LORA_FIELDS + EVAL_FIELDS + ("ranking_steps", "ranking_batch_size", "ranking_warmup_steps")
 METHOD_FIELDS = {
-    "rrhf": RANKING_FIELDS + ("rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight"),
-    "pro": RANKING_FIELDS + ("pro_lr", "pro_sft_weight", "pro_sft_scale", "pro_use_temperature",
-                             "pro_ranking_length"),
-    "dpo": LORA_FIELDS + EVAL_FIELDS + ("dpo_steps", "dpo_batch_size", "dpo_lr", "dpo_warmup_steps", "dpo_beta",
-                                        "dpo_loss_type", "dpo_label_smoothing", "ppl_quantile", "sample_prompts"),
-    "ppo": LORA_FIELDS + EVAL_FIELDS + REWARD_FIELDS + ("ppo_iterations", "ppo_rollout_prompts", "ppo_epochs",
-                                                        "ppo_minibatch_size", "ppo_lr", "ppo_clip_range",
-                                                        "ppo_value_clip_range", "ppo_vf_coef", "ppo_gamma", "ppo_lam",
-                                                        "ppo_kl_coef", "ppo_kl_estimator", "ppo_adaptive_kl",
-                                                        "ppo_kl_target", "ppo_kl_horizon", "ppo_no_eos_penalty",
-                                                        "ppo_value_init", "ppo_snapshot_every"),
+    "rrhf": EVAL_FIELDS + ("model_config", "rrhf_config"),
+    "pro": EVAL_FIELDS + ("model_config", "pro_config", "pro_ranking_length"),
+    "dpo": EVAL_FIELDS + ("model_config", "dpo_config", "ppl_quantile", "sample_prompts"),
+    "ppo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "ppo_config", "ppo_value_init"),
 }
 METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_FIELDS.items()}
 # The modules whose source (with every package module they import) enters each stage's key, so that an edit to the
@@ -112,7 +87,7 @@ METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_
 # world, HH-RLHF loading, the prompts. This file's own glue is not hashed: it imports everything, and would rebuild
 # everything.
 # how a policy is measured: samples, proxy, gold judge
-SCORING_CODE = ("methods.evaluate", "methods.reward", "methods.judge", "course.sources")
+SCORING_CODE = ("course.scoring", "methods.evaluate", "methods.reward", "methods.judge", "course.sources")
 STAGE_CODE = {
     "base": ("course.pretrain", "course.sources"),
     "sft": ("methods.sft", "course.sources"),
@@ -127,42 +102,6 @@ STAGE_CODE = {
     "ppo-trajectory": SCORING_CODE,
 }
 DPO_DATA = ("pairs", "filtered", "random", "labels")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Training a stage: load, train with the profile's config for the method, save
-# ------------------------------------------------------------------------------------------------------------
-TRAINERS = {  # method -> (trainer, the profile's config for it, the model's head, the data check)
-    "sft": (train_sft, lambda p: p.sft_config(), "lm", validate_demonstrations),
-    "reward": (train_reward_model, lambda p: p.reward_config(), "reward", validate_preference_dataset),
-    "rrhf": (train_rrhf, lambda p: p.rrhf_config(), "lm", validate_rankings),
-    "pro": (train_pro, lambda p: p.pro_config(), "lm", validate_rankings),
-    "dpo": (train_dpo, lambda p: p.dpo_config(), "lm", validate_preference_dataset),
-}
-
-
-def train_folder(profile, method: str, init_path, data, out: Path, checkpoint_dir: Path | None = None, *,
-                 config=None, eval_pairs=None, progress: bool = True) -> list[dict]:
-    """Train fresh LoRA adapters on ``init_path`` with ``method`` ("sft", "reward", "rrhf", "pro" or "dpo") on
-    ``data``, with ``config`` (default: the profile's config for the method); save ``out/adapter`` and
-    ``out/history.json`` (:func:`rrhf_lite.core.loop.save_run`); return the history.
-
-    The data is checked before any model is loaded (:mod:`rrhf_lite.core.validation`'s validators: the field and the row
-    of the first problem). ``eval_pairs``: the reward model's held-out comparisons.
-    """
-    trainer, default_config, head, check = TRAINERS[method]
-    config = default_config(profile) if config is None else config
-    with warnings.catch_warnings():  # errors only: the trainer checks again and gives the warnings, once
-        warnings.simplefilter("ignore", DataWarning)
-        check(data, **({} if method == "sft" else {"allow_empty_responses": True}))
-        if eval_pairs is not None:
-            validate_preference_dataset(eval_pairs, allow_empty_responses=True)
-    model, tokenizer = load_for_training(init_path, profile, head=head)
-    kwargs = {"eval_pairs": eval_pairs} if method == "reward" else {}
-    history = trainer(model, tokenizer, data, config, checkpoint_dir=checkpoint_dir, progress=progress, **kwargs)
-    save_run(out, model, tokenizer, history, **({"method": method} if method in ("rrhf", "pro", "dpo") else {}),
-             **({"beta": config.beta} if method == "dpo" else {}))
-    return history
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -207,20 +146,8 @@ def sft_stage(profile, force: bool = False) -> Path:
 
     def train_fn(out: Path, ckpt: Path) -> None:
         train_folder(profile, "sft", base, sft_data(profile), out, ckpt)
-        merge_adapter(base, out / "adapter", out / "model", dtype=profile.compute_dtype)
 
     return _build_with_checkpoints("sft", profile, SFT_FIELDS, [base], train_fn, force)
-
-
-def train_reward_folder(profile, sft: Path, train_pairs, out: Path, ckpt: Path, eval_every: int | None = None) -> None:
-    """Train a reward model from the SFT model on ``train_pairs`` (held-out accuracy on the test comparisons, every
-    ``eval_every`` steps as :func:`~rrhf_lite.methods.reward.train_reward_model`) into ``out``: its adapter and
-    ``history.json``, and ``normalisation.json`` for :func:`proxy_scorer`."""
-    eval_pairs = preference_data(profile, "test", profile.rm_eval_pairs)
-    config = profile.reward_config()
-    config = config if eval_every is None else dataclasses.replace(config, eval_every=eval_every)
-    train_folder(profile, "reward", sft / "model", train_pairs, out, ckpt, config=config, eval_pairs=eval_pairs)
-    (out / "normalisation.json").write_text(json.dumps(reward_normalisation(profile, sft / "model", out)))
 
 
 def reward_stage(profile, force: bool = False) -> Path:
@@ -233,55 +160,20 @@ def reward_stage(profile, force: bool = False) -> Path:
     return _build_with_checkpoints("reward", profile, REWARD_FIELDS, [sft], train_fn, force)
 
 
-def reward_normalisation(profile, policy_path, reward_dir: Path) -> dict[str, float]:
-    """Reward mean and std on the policy's own samples (train prompts), to normalise rewards for RL."""
-    prompts, samples = normalisation_samples(profile, policy_path)
-    model, rm_tokenizer = load_reward_model(policy_path, reward_dir / "adapter", profile)
-    return normalisation(score(model, rm_tokenizer, prompts, samples, profile.max_length))
-
-
-def normalisation_samples(profile, policy_path) -> tuple[list[str], list[str]]:
-    """The policy's samples on ``eval_prompts`` training prompts: what rewards (and the judge) are normalised on."""
-    policy, tokenizer = load_policy(profile, policy_path)
-    prompts = comparison_prompts(profile, profile.eval_prompts)
-    return prompts, generate(policy, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
-                             temperature=profile.sample_temperature, seed=profile.seed)
-
-
-def load_policy(profile, path):
-    """A causal LM for sampling and scoring (no adapters, no training), with a pad token distinct from eos.
-
-    Loaded exactly as the methods load their starting point (:func:`rrhf_lite.core.models.load_model`): on 4-bit
-    profiles the same quantised weights, so the SFT baseline is the model every method is measured against.
-    """
-    model, tokenizer = load_model(path, profile, head="lm")
-    return model.eval(), tokenizer
-
-
-def proxy_scorer(profile, sft_dir: Path, reward_dir: Path):
-    """``score(prompts, replies) -> normalised proxy rewards``: the reward model of stage 02, as a function."""
-    model, tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
-    stats = read_output(reward_dir, "normalisation")
-    scorer = normalised_scorer(model, tokenizer, stats, profile.max_length)
-    return lambda prompts, replies: scorer(prompts, replies).tolist()
-
-
 JUDGE_FIELDS = WORLD_FIELDS + ("judge_model", "compute_dtype", "max_length", "eval_prompts", "max_new_tokens",
                                "sample_temperature")
 
 
 def judge_stage(profile, force: bool = False) -> Path:
     """Real profiles: the judge's mean and std on the SFT model's samples (``normalisation.json``), like the
-    proxy's (:func:`reward_normalisation`), so that judge scores are in "SFT standard deviations"."""
+    proxy's (:func:`rrhf_lite.course.scoring.reward_normalisation`), so that judge scores are in "SFT standard
+    deviations"."""
     if profile.judge_model is None:
         raise ValueError(f"profile {profile.name!r} has no judge_model")
     sft, judge = sft_stage(profile), resolve(profile.judge_model, profile)
 
     def build(out: Path) -> None:
-        prompts, samples = normalisation_samples(profile, sft / "model")
-        model, tokenizer = load_judge(judge, profile.compute_dtype)
-        stats = normalisation(judge_scores(model, tokenizer, prompts, samples, profile.max_length))
-        (out / "normalisation.json").write_text(json.dumps(stats))
+        (out / "normalisation.json").write_text(json.dumps(judge_normalisation(profile, sft / "model", judge)))
 
     return build_or_load("judge", profile, JUDGE_FIELDS, build, depends_on=[sft, judge], code=STAGE_CODE["judge"],
                          force=force)
@@ -294,13 +186,7 @@ def gold_scorer(profile):
         return gold_rewards
     if profile.judge_model is None:
         return None
-    stats = read_output(judge_stage(profile), "normalisation")
-    model, tokenizer = load_judge(resolve(profile.judge_model, profile), profile.compute_dtype)
-
-    def score(prompts: list[str], replies: list[str]) -> list[float]:
-        return normalise(judge_scores(model, tokenizer, prompts, replies, profile.max_length), stats).tolist()
-
-    return score
+    return judge_scorer(profile, read_output(judge_stage(profile), "normalisation"))
 
 
 def gold_upstream(profile) -> list[Path]:
@@ -308,54 +194,11 @@ def gold_upstream(profile) -> list[Path]:
     return [judge_stage(profile)] if not is_tiny_world(profile) and profile.judge_model is not None else []
 
 
-def build_samples(profile, base, sft_dir: Path, reward_dir: Path, out: Path) -> None:
-    """Sample candidates, score them, and save ``rankings``, ``pairs`` (with perplexities) and ``best_of_n``."""
-    kwargs = dict(max_new_tokens=profile.max_new_tokens, temperature=profile.sample_temperature,
-                  top_p=profile.sample_top_p, batch_size=profile.generation_batch_size, progress=True)
-    prompts, experts = candidate_prompts(profile)
-    policy, tokenizer = load_policy(profile, sft_dir / "model")
-    base_model, base_tokenizer = load_policy(profile, base)
-    sources = {"sft": sample_candidates(policy, tokenizer, prompts, profile.samples_per_prompt, seed=profile.seed,
-                                        **kwargs),
-               "base": sample_candidates(base_model, base_tokenizer, prompts, profile.base_samples_per_prompt,
-                                         seed=profile.seed, **kwargs),
-               "expert": experts}
-    del base_model
-    score_fn, gold_fn = proxy_scorer(profile, sft_dir, reward_dir), gold_scorer(profile)
-    with sampled_replies():  # the models' own replies: an empty one ended at once (lesson 03 counts them)
-        rankings = build_rankings(prompts, sources, score_fn, gold_fn)
-        pairs = rankings_to_pairs(rankings)
-    rankings.save_to_disk(out / "rankings")
-
-    ppl_chosen = perplexities(policy, tokenizer, pairs["prompt"], pairs["chosen"], profile.max_length)
-    ppl_rejected = perplexities(policy, tokenizer, pairs["prompt"], pairs["rejected"], profile.max_length)
-    pairs = pairs.add_column("ppl_chosen", ppl_chosen.tolist()).add_column("ppl_rejected", ppl_rejected.tolist())
-    pairs.save_to_disk(out / "pairs")
-
-    # Best-of-n's cost is paid at answer time: sampling and scoring bon_n replies per held-out prompt, measured.
-    held_out = eval_prompts(profile)
-    with CostMeter() as cost:
-        bon = sample_candidates(policy, tokenizer, held_out, profile.bon_n, seed=profile.seed + 1, **kwargs)
-        with sampled_replies():
-            bon_rankings = build_rankings(held_out, {"sft": bon}, score_fn, gold_fn)
-    bon_rankings.save_to_disk(out / "best_of_n")
-    (out / "best_of_n_cost.json").write_text(json.dumps({**cost.as_dict(), "samples": len(held_out) * profile.bon_n}))
-
-    # The SFT model measured exactly as every method will be (same prompts, same seed): the baseline.
-    measured = evaluation_prompts(profile)
-    report, replies, per_reply = policy_report(policy, tokenizer, measured, profile, score_fn, gold_fn,
-                                               is_reference=True)
-    if gold_fn is not None:
-        per_reply["win_rate_vs_sft"] = [0.5] * len(replies)  # a tie with itself, reply by reply
-    (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "per_reply": per_reply},
-                                                  indent=1))
-
-
 def samples_stage(profile, force: bool = False) -> Path:
     """The sampling stage folder: ``rankings``, ``pairs`` and ``best_of_n`` datasets (``datasets.load_from_disk``)."""
     base, sft, reward = base_model_path(profile), sft_stage(profile), reward_stage(profile)
     return build_or_load("samples", profile, SAMPLES_FIELDS,
-                         lambda out: build_samples(profile, base, sft, reward, out),
+                         lambda out: build_samples(profile, base, sft, reward, gold_scorer(profile), out),
                          depends_on=[base, sft, reward, *gold_upstream(profile)], code=STAGE_CODE["samples"],
                          force=force)
 
@@ -363,21 +206,16 @@ def samples_stage(profile, force: bool = False) -> Path:
 # ------------------------------------------------------------------------------------------------------------
 # The methods: RRHF, PRO, DPO. Each trains fresh LoRA adapters on the SFT model and is evaluated like the SFT model.
 # ------------------------------------------------------------------------------------------------------------
+def evaluate_adapter(profile, adapter_dir: Path) -> dict:
+    """The SFT model with a trained adapter, measured like the SFT baseline of the samples stage
+    (:func:`rrhf_lite.course.scoring.evaluate_adapter_with`)."""
+    return evaluate_adapter_with(profile, adapter_dir, sft_stage(profile), reward_stage(profile),
+                                 read_output(samples_stage(profile), "sft_eval"), gold_scorer(profile))
+
+
 def load_samples(profile, name: str):
     """One dataset of the sampling stage: ``"rankings"``, ``"pairs"`` or ``"best_of_n"``."""
     return datasets.load_from_disk(samples_stage(profile) / name)
-
-
-def evaluate_adapter(profile, adapter_dir: Path) -> dict:
-    """Load SFT model + a trained adapter and measure it like the SFT baseline (``sft_eval.json``)."""
-    sft, samples = sft_stage(profile), samples_stage(profile)
-    baseline = read_output(samples, "sft_eval")
-    model, tokenizer = load_for_training(sft / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
-    report, replies, per_reply = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
-                                               proxy_scorer(profile, sft, reward_stage(profile)),
-                                               gold_scorer(profile),
-                                               baseline_gold=baseline["per_reply"].get("gold_reward"))
-    return {"report": report, "replies": replies, "per_reply": per_reply}
 
 
 def dpo_pairs(profile, data: str = "pairs"):
@@ -443,39 +281,6 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
                                    evaluate_fn, code=STAGE_CODE[method])
 
 
-def ppo_models(profile, sft_dir: Path, reward_dir: Path):
-    """PPO's models: the policy (the SFT model with fresh LoRA adapters) with its value head initialised as
-    ``ppo_value_init`` says, its tokenizer, and the reward function (the reward model of stage 02, normalised).
-    Returns ``(model, tokenizer, reward_fn)``."""
-    if profile.lora_dropout:
-        warnings.warn(f"lora_dropout = {profile.lora_dropout}: PPO expects no dropout (see rrhf_lite.methods.ppo)",
-                      stacklevel=2)
-    policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
-    use_plain_sampling(policy)  # rollouts from exactly softmax(logits / T), the distribution PPO trains
-    model = PolicyAndValue(policy)
-    reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
-    stats = read_output(reward_dir, "normalisation")
-    init_value_head(model.value_head, profile.ppo_value_init, reward_model, stats)
-    return model, tokenizer, normalised_scorer(reward_model, reward_tokenizer, stats, profile.max_length)
-
-
-def train_ppo_folder(profile, sft_dir: Path, reward_dir: Path, out: Path, ckpt: Path | None, prompts: list[str],
-                     gold_fn=None, progress: bool = True) -> list[dict]:
-    """PPO from the SFT model against the reward model of stage 02 (:func:`rrhf_lite.methods.ppo.train_ppo`), saved in
-    ``out``: ``adapter/``, ``value_head.pt``, ``history.json`` and, with ``ppo_snapshot_every``, ``snapshots/``
-    (kept beside the checkpoints until the run ends, so that a resumed run still has the earlier ones)."""
-    model, tokenizer, reward_fn = ppo_models(profile, sft_dir, reward_dir)
-    snapshots = (ckpt or out) / "snapshots"
-    history = train_ppo(model, tokenizer, reward_fn, prompts, profile.ppo_config(), gold_fn=gold_fn,
-                        checkpoint_dir=ckpt, snapshot_dir=snapshots, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    if profile.ppo_snapshot_every and snapshots != out / "snapshots":
-        shutil.copytree(snapshots, out / "snapshots", dirs_exist_ok=True)
-    save_run(out, model.policy, tokenizer, history, counted=model, method="ppo")
-    torch.save(model.value_head.state_dict(), out / "value_head.pt")
-    return history
-
-
 def method_run(profile, method: str, data: str = "pairs") -> TrainingRun:
     """:func:`method_stage` (built on first use), read back: its history as a table, its held-out report, replies
     and per-reply values (:class:`~rrhf_lite.course.stages.TrainingRun`)."""
@@ -485,9 +290,8 @@ def method_run(profile, method: str, data: str = "pairs") -> TrainingRun:
 # ------------------------------------------------------------------------------------------------------------
 # One round of online data collection (Bai et al. 2022): see rrhf_lite/course/online.py
 # ------------------------------------------------------------------------------------------------------------
-ONLINE_FIELDS = tuple(dict.fromkeys(REWARD_FIELDS + SAMPLES_FIELDS + RANKING_FIELDS + (
-    "rrhf_lr", "rrhf_length_penalty", "rrhf_sft_weight", "pro_lr", "pro_sft_weight", "pro_sft_scale",
-    "pro_use_temperature", "pro_ranking_length", "online_method", "online_samples_per_prompt")))
+ONLINE_FIELDS = tuple(dict.fromkeys(REWARD_FIELDS + SAMPLES_FIELDS + (
+    "rrhf_config", "pro_config", "pro_ranking_length", "online_method", "online_samples_per_prompt")))
 
 
 def online_stage(profile, force: bool = False) -> Path:

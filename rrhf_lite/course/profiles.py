@@ -227,10 +227,19 @@ class Profile:
                          max_length=self.max_length, generation_batch_size=self.generation_batch_size,
                          weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed)
 
+    def values(self, fields: tuple[str, ...] | list[str]) -> dict:
+        """The named fields' values; a name of one of the config methods above (``"dpo_config"``) stands for the
+        whole config it builds, as a dict: what a stage trains with, whichever fields of the profile it is made of."""
+        def value(name):
+            attribute = getattr(self, name)
+            return dataclasses.asdict(attribute()) if name.endswith("_config") and callable(attribute) else attribute
+
+        return {name: value(name) for name in sorted(fields)}
+
     def fingerprint(self, fields: tuple[str, ...] | list[str]) -> str:
-        """Short hash of the named fields: two profiles that agree on them share cached stages."""
-        values = {f: getattr(self, f) for f in sorted(fields)}
-        blob = json.dumps(values, sort_keys=True, default=str).encode()
+        """Short hash of the named fields (and configs, see :meth:`values`): two profiles that agree on them share
+        cached stages."""
+        blob = json.dumps(self.values(fields), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
 

@@ -177,7 +177,7 @@ def settings(profile) -> dict:
     measures them (:func:`~rrhf_lite.course.provenance.code_hash`): a study is shown only for the settings and the code
     it was made with, as a stage is only loaded for them."""
     fields = sorted({f for fields in METHOD_FIELDS.values() for f in fields} - {"method_seed"} | set(TRAJECTORY_FIELDS))
-    return {**{f: getattr(profile, f) for f in fields}, "code": code_hash(["study"])}
+    return {**profile.values(fields), "code": code_hash(["course.study"])}
 
 
 def save_study(study: dict, profile) -> None:
