@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rrhf_lite.course import build, compare, pipeline, sources
+from rrhf_lite.course import build, compare, fits, pipeline, sources
 from rrhf_lite.course.claims import ClaimNotShown, Difference
 from rrhf_lite.course.online import label_pairs, ranks_like_gold
 from rrhf_lite.course.profiles import get_profile
@@ -23,20 +23,20 @@ def test_gold_fit_recovers_a_known_peak_in_gao_et_al_rl_form():
     kl = np.linspace(0, 9, 40)
     d = np.sqrt(kl)
     gold = 2.0 + d * (1.0 - 0.5 * np.log(np.where(d > 0, d, 1.0)))  # peak where 1 - 0.5 (ln d + 1) = 0: d = e
-    fit = compare.gold_fit(kl, gold)
+    fit = fits.gold_fit(kl, gold)
     assert fit["form"] == "rl" and fit["alpha"] == pytest.approx(1.0) and fit["beta"] == pytest.approx(0.5)
     assert fit["peak_kl"] == pytest.approx(np.e ** 2) and fit["gold_at_peak"] == pytest.approx(2.0 + 0.5 * np.e)
-    assert compare.gold_curve(fit, kl) == pytest.approx(gold)
+    assert fits.gold_curve(fit, kl) == pytest.approx(gold)
 
 
 def test_gold_fit_in_the_best_of_n_form_and_curves_that_never_turn():
     kl = np.linspace(0, 4, 30)
-    fit = compare.gold_fit(kl, 2.0 + np.sqrt(kl) - 0.5 * kl, form="bon")  # peaks at sqrt(KL) = 1
+    fit = fits.gold_fit(kl, 2.0 + np.sqrt(kl) - 0.5 * kl, form="bon")  # peaks at sqrt(KL) = 1
     assert fit["peak_kl"] == pytest.approx(1.0) and fit["gold_at_peak"] == pytest.approx(2.5)
-    assert compare.gold_fit(kl, 1.0 - kl, form="bon")["peak_kl"] == pytest.approx(0.0, abs=1e-9)  # never rises
-    assert compare.gold_fit(kl, 1.0 + kl)["peak_kl"] == pytest.approx(4.0)  # never falls: peak at the last point
+    assert fits.gold_fit(kl, 1.0 - kl, form="bon")["peak_kl"] == pytest.approx(0.0, abs=1e-9)  # never rises
+    assert fits.gold_fit(kl, 1.0 + kl)["peak_kl"] == pytest.approx(4.0)  # never falls: peak at the last point
     with pytest.raises(ValueError, match="form"):
-        compare.gold_fit(kl, kl, form="linear")
+        fits.gold_fit(kl, kl, form="linear")
 
 
 def test_the_overoptimisation_check_names_the_first_part_of_the_shape_that_is_missing(capsys):

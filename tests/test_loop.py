@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rrhf_lite.core.loop import CHECKPOINT_FILE, split_batches, train, warmup_cosine
+from rrhf_lite.core.loop import CHECKPOINT_FILE, train, warmup_cosine
+from rrhf_lite.core.parallel import split_batches
 
 sys.path.insert(0, str(Path(__file__).parent))
 from loop_task import TRUE_W, make_batches, make_model, mse_step  # noqa: E402

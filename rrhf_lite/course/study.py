@@ -35,14 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from rrhf_lite.course.compare import (
-    fitted_curve,
-    gold_fit,
-    held_out_overoptimisation,
-    held_out_trajectory,
-    overoptimisation_claims,
-    sqrt_kl_fit,
-)
+from rrhf_lite.course.compare import held_out_overoptimisation, held_out_trajectory, overoptimisation_claims
+from rrhf_lite.course.fits import fitted_curve, gold_fit, sqrt_kl_fit
 from rrhf_lite.course.pipeline import METHOD_FIELDS, method_stage
 from rrhf_lite.course.plots import plot_study, save_figure
 from rrhf_lite.course.profiles import get_profile
