@@ -104,6 +104,16 @@ def test_the_kl_sweep_changes_only_ppo_s_kl_term():
     assert compare.weak_kl_profile(profile).ppo_snapshot_every == profile.overopt_snapshot_every
 
 
+def test_the_peak_is_the_policy_the_fitted_curve_puts_highest():
+    # training seed 2 of the study: the fitted peak (KL 0.21) is a little nearer SFT (KL 0) than PPO (KL 0.43), but
+    # the curve is higher at PPO; "the policy nearest the peak's KL" picked SFT and hid a rise the data shows
+    kl = pd.Series({"SFT": 0.0, "PPO": 0.429, "PPO, fixed KL 0.1": 2.088, "PPO, weak KL": 8.815})
+    fit = fits.gold_fit(kl, [1.552, 1.777, 1.442, -0.611])
+    assert abs(fit["peak_kl"] - 0.0) < abs(fit["peak_kl"] - 0.429)
+    assert compare.peak_policy(fit, kl) == "PPO"
+    assert compare.peak_policy(fits.gold_fit(kl, [2.0, 1.5, 1.0, 0.0]), kl) == "SFT"  # falling from the start
+
+
 def test_results_table_on_the_tiny_profile(tmp_path):
     """The real table, from the shared stage cache: every method present, sane numbers, saved and read back."""
     profile = get_profile("tiny")

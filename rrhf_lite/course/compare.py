@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from rrhf_lite.course.claims import check, paired
-from rrhf_lite.course.fits import gold_fit
+from rrhf_lite.course.fits import gold_curve, gold_fit
 from rrhf_lite.course.pipeline import (
     has_gold,
     load_samples,
@@ -321,23 +321,29 @@ def kl_sweep_values(profile) -> dict[str, dict[str, torch.Tensor]]:
                for name, folder in runs.items()}}
 
 
+def peak_policy(fit: dict, kl: pd.Series) -> str:
+    """The policy (``kl``: each policy's KL, by name) that a :func:`gold_fit` curve puts highest."""
+    return kl.index[int(np.argmax(gold_curve(fit, kl.to_numpy())))]
+
+
 def held_out_overoptimisation(profile) -> dict:
     """Gao et al.'s (2022) over-optimisation, measured on held-out prompts across lesson 08's KL sweep
     (:func:`kl_sweep_values`): the looser the KL term, the further PPO moves from SFT and the higher the proxy climbs;
     does the gold reward rise, peak and fall?
 
-    Gao et al.'s RL form is fitted to gold reward against KL over the sweep's policies (:func:`gold_fit`); the *peak*
-    is the policy nearest the fitted peak (chosen from the curve through every point, not as the best single point,
-    whose height would be flattered by its own noise). Then three paired differences on the same held-out prompts
-    (:func:`rrhf_lite.course.claims.paired`): ``rise`` (gold at the peak minus SFT's), ``fall`` (gold of the run with
-    the loosest KL term minus the peak's) and ``proxy_after_peak`` (the same for the proxy reward). Returns them with
-    the fit, the sweep table (one row per policy in order of KL, :func:`values_table`) and the names of the peak and the
-    loosest run.
+    Gao et al.'s RL form is fitted to gold reward against KL over the sweep's policies (:func:`gold_fit`); the *peak* is
+    the policy that the fitted curve puts highest (chosen from the curve through every point, not as the best single
+    point, whose height would be flattered by its own noise; nor as the policy nearest the fitted peak's KL, which on a
+    curve this asymmetric can be SFT although the curve is higher at the next policy). Then three paired differences on
+    the same held-out prompts (:func:`rrhf_lite.course.claims.paired`): ``rise`` (gold at the peak minus SFT's),
+    ``fall`` (gold of the run with the loosest KL term minus the peak's) and ``proxy_after_peak`` (the same for the
+    proxy reward). Returns them with the fit, the sweep table (one row per policy in order of KL, :func:`values_table`)
+    and the names of the peak and the loosest run.
     """
     values = kl_sweep_values(profile)
     sweep = values_table(values, values["SFT"], "policy").sort_values("kl")
     fit = gold_fit(sweep["kl"], sweep["gold_reward"])
-    peak = sweep.index[int(np.argmin(np.abs(sweep["kl"].to_numpy() - fit["peak_kl"])))]
+    peak = peak_policy(fit, sweep["kl"])
     loosest = "PPO, weak KL"
     return {"fit": fit, "sweep": sweep, "peak": peak, "loosest": loosest,
             "rise": paired(values[peak]["gold_reward"], values["SFT"]["gold_reward"]),
@@ -351,7 +357,8 @@ def overoptimisation_claims(shape: dict) -> list[tuple[str, bool, str]]:
     fit, sweep, peak, loosest = shape["fit"], shape["sweep"], shape["peak"], shape["loosest"]
     return [
         ("the fitted gold reward peaks at a KL above 0, inside the sweep", 0 < fit["peak_kl"] < sweep["kl"].max(),
-         f"peak at KL {fit['peak_kl']:.2f} nats (the sweep reaches {sweep['kl'].max():.2f}); nearest policy: {peak}"),
+         f"peak at KL {fit['peak_kl']:.2f} nats (the sweep reaches {sweep['kl'].max():.2f}); the policy the curve "
+         f"puts highest: {peak}"),
         ("the gold reward rises from SFT to the peak", shape["rise"].positive,
          f"gold of {peak} minus SFT's: {shape['rise']}"),
         ("then falls with a looser KL term", shape["fall"].negative,

@@ -206,6 +206,15 @@ def describe(study: dict) -> str:
                    else f"no difference shown (p = {d['p']:.3f}; Holm's correction over {pairs} pairs)")
         lines.append(f"{d['a']} - {d['b']}: {d['measure']} {d['difference']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] "
                      f"over {study['seeds']} seeds: {verdict}")
+    shapes = study.get("overoptimisation") or []
+    for row in shapes:
+        parts = ", ".join(f"{part.replace('_', ' ')} {row[part]:+.2f} [{row[f'{part}_lo']:+.2f}, "
+                          f"{row[f'{part}_hi']:+.2f}]" for part in ("rise", "fall", "proxy_after_peak"))
+        lines.append(f"over-optimisation, training seed {row['seed']}: fitted peak at KL {row['peak_kl']:.2f} "
+                     f"({row['peak']}), {parts}: " + ("the shape holds" if row["shape_shown"] else "not shown"))
+    if shapes:
+        lines.append(f"over-optimisation (lesson 08's four checks) holds for {sum(r['shape_shown'] for r in shapes)} "
+                     f"of {len(shapes)} training seeds")
     return "\n".join(lines)
 
 
