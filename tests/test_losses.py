@@ -11,11 +11,15 @@ from hypothesis import strategies as st
 from rrhf_lite.core.losses import (
     dpo_loss,
     gae,
+    group_advantages,
+    grpo_loss,
     kl_penalty,
+    leave_one_out_advantages,
     ppo_policy_loss,
     ppo_value_loss,
     pro_loss,
     reward_loss,
+    rloo_loss,
     rrhf_loss,
     sft_loss,
     whiten,
@@ -471,3 +475,79 @@ def test_ppo_pieces_are_finite_for_extreme_inputs(data, length, cut):
     (policy + value).backward()
     for x in (adv, ret, policy, clip_fraction, approx_kl, value, value_clip_fraction, logp.grad, values.grad):
         assert torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GRPO, RLOO and SimPO: known answers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_group_advantages_standardise_within_each_prompt_and_vanish_for_equal_rewards():
+    rewards = torch.tensor([[0.0, 0.0, 4.0], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0]])
+    # mean 4/3, sample std sqrt(16/3): A = (r - 4/3) / sqrt(16/3)
+    expected = (torch.tensor([0.0, 0.0, 4.0]) - 4 / 3) / math.sqrt(16 / 3)
+    assert torch.allclose(group_advantages(rewards, eps=0.0)[0], expected, atol=1e-6)
+    assert group_advantages(rewards)[1].abs().max() == 0  # equal rewards: no signal (and no 0 / 0)
+    assert group_advantages(rewards, scale=False)[2].tolist() == [-1.0, 0.0, 1.0]  # Dr. GRPO: centred only
+    # adding a constant to a group's rewards changes nothing
+    assert torch.allclose(group_advantages(rewards + 5.0), group_advantages(rewards), atol=1e-6)
+
+
+def test_leave_one_out_baseline_excludes_the_reply_itself():
+    assert leave_one_out_advantages(torch.tensor([[1.0, 2.0, 3.0]])).tolist() == [[-1.5, 0.0, 1.5]]
+    assert leave_one_out_advantages(torch.tensor([[2.0, 2.0]])).tolist() == [[0.0, 0.0]]
+    # reply 0's baseline is the mean of the others: raising reply 0's reward raises its advantage one for one
+    a, b = leave_one_out_advantages(torch.tensor([[0.0, 1.0, 2.0, 3.0], [5.0, 1.0, 2.0, 3.0]]))
+    assert (b[0] - a[0]).item() == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="at least 2 replies"):
+        leave_one_out_advantages(torch.tensor([[1.0]]))
+
+
+def test_grpo_loss_at_the_sampling_policy_is_minus_the_mean_advantage_per_reply():
+    # two replies of 3 and 1 tokens; policy = old = reference: ratio 1, KL 0
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    adv = torch.tensor([1.0, -2.0])
+    out = grpo_loss(logp, logp, logp, adv, mask, beta=0.04)
+    assert out.loss.item() == pytest.approx(-(1.0 + -2.0) / 2)  # each reply's token mean is its advantage
+    assert out.kl.item() == 0.0 and out.clip_fraction.item() == 0.0
+    # Dr. GRPO's constant normaliser: token sums over max_tokens = 4, so the long reply weighs 3x the short one
+    constant = grpo_loss(logp, logp, logp, adv, mask, normalisation="constant", max_tokens=4)
+    assert constant.loss.item() == pytest.approx(-(3 * 1.0 / 4 + 1 * -2.0 / 4) / 2)
+    with pytest.raises(ValueError, match="max_tokens"):
+        grpo_loss(logp, logp, logp, adv, mask, normalisation="constant")
+
+
+def test_grpo_loss_clips_the_ratio_and_adds_the_k3_kl():
+    old = torch.zeros(1, 2)
+    mask = torch.ones(1, 2)
+    new = torch.log(torch.tensor([[1.5, 1.0]]))  # token 0 ratio 1.5, past 1 + 0.2; token 1 ratio 1
+    out = grpo_loss(new, old, old, torch.tensor([1.0]), mask, beta=0.0, clip_range=0.2)
+    assert out.loss.item() == pytest.approx(-(1.2 + 1.0) / 2)  # min(1.5 A, 1.2 A) with A > 0
+    assert out.clip_fraction.item() == pytest.approx(0.5)
+    # the KL term: k3 = r - log r - 1 with r = pi_ref / pi = 1 / 1.5 on token 0
+    r = 1 / 1.5
+    with_kl = grpo_loss(new, old, old, torch.tensor([1.0]), mask, beta=0.1, clip_range=0.2)
+    assert with_kl.loss.item() == pytest.approx(-(1.2 + 1.0) / 2 + 0.1 * (r - math.log(r) - 1) / 2, rel=1e-5)
+    assert with_kl.kl.item() == pytest.approx((r - math.log(r) - 1) / 2, rel=1e-5)
+
+
+def test_rloo_loss_is_reinforce_with_the_leave_one_out_baseline_and_the_kl_in_the_reward():
+    logp = torch.tensor([[-2.0, -1.0]], requires_grad=True)
+    scores, kl = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    loss = rloo_loss(logp, scores, kl, beta=0.25)  # R = [1 - 0.5, 0] -> A = [0.5, -0.5]
+    assert loss.item() == pytest.approx(-(0.5 * -2.0 + -0.5 * -1.0) / 2)
+    loss.backward()
+    assert logp.grad.tolist() == [[-0.25, 0.25]]  # -A / (B k): push the better reply up, the other down
+
+
+def test_simpo_has_no_reference_and_a_length_normalised_margin_with_a_target():
+    chosen, rejected = torch.tensor([-4.0]), torch.tensor([-9.0])
+    lengths_c, lengths_r = torch.tensor([2.0]), torch.tensor([3.0])
+    out = dpo_loss(chosen, rejected, None, None, beta=2.0, loss_type="simpo", simpo_gamma=1.0,
+                   chosen_lengths=lengths_c, rejected_lengths=lengths_r)
+    margin = 2.0 * (-4.0 / 2) - 2.0 * (-9.0 / 3) - 1.0  # = 1
+    assert out.loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-margin))))
+    assert out.chosen_rewards.item() == pytest.approx(-4.0) and out.rejected_rewards.item() == pytest.approx(-6.0)
+    with pytest.raises(ValueError, match="normalises by length"):
+        dpo_loss(chosen, rejected, None, None, loss_type="simpo")

@@ -18,11 +18,14 @@ from rrhf_lite.core.losses import (
     MAX_LOG_RATIO,
     dpo_loss,
     gae,
+    group_advantages,
+    grpo_loss,
     kl_penalty,
     ppo_policy_loss,
     ppo_value_loss,
     pro_loss,
     reward_loss,
+    rloo_loss,
     rrhf_loss,
     sft_loss,
     whiten,
@@ -250,3 +253,22 @@ def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"not finite after step 10; the checkpoint .* was not overwritten"):
         save_checkpoint(tmp_path, model, optimizer, scheduler, 10, [])
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == good
+
+
+@FEW
+@given(data=st.data(), normalisation=st.sampled_from(["per_reply", "constant"]), scale=st.booleans())
+def test_grpo_and_rloo_losses_are_finite_with_finite_gradients_at_extremes(data, normalisation, scale):
+    logprobs, mask = data.draw(masked(LOGP))
+    old, ref = values_like(data.draw, mask, LOGP), values_like(data.draw, mask, LOGP)
+    group = data.draw(st.integers(2, 4))
+    rewards = torch.tensor([[data.draw(BIG) for _ in range(group)] for _ in range(logprobs.shape[0])])
+    advantages = group_advantages(rewards, scale=scale)[:, 0]
+    logprobs.requires_grad_()
+    out = grpo_loss(logprobs, old, ref, advantages, mask, normalisation=normalisation, max_tokens=mask.shape[1])
+    out.loss.backward()
+    assert finite(out.loss, out.clip_fraction, out.kl, logprobs.grad, group_advantages(rewards, scale=scale))
+    assert (logprobs.grad[~mask] == 0).all()
+    sums = torch.tensor([[data.draw(LOGP) for _ in range(group)] for _ in range(2)], requires_grad=True)
+    loss = rloo_loss(sums, rewards[:1].expand(2, -1), torch.zeros(2, group))
+    loss.backward()
+    assert finite(loss, sums.grad)

@@ -227,8 +227,10 @@ class DPOLoss(NamedTuple):
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, *, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None) -> DPOLoss:
-    """Direct Preference Optimization (Rafailov et al. 2023, eq. 7) and its IPO variant (Azar et al. 2023, eq. 17).
+             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None,
+             simpo_gamma: float = 0.0) -> DPOLoss:
+    """Direct Preference Optimization (Rafailov et al. 2023, eq. 7) and two variants: IPO (Azar et al. 2023, eq. 17)
+    and SimPO (Meng et al. 2024, eq. 6).
 
     Inputs are ``[B]`` log-probs of whole responses, i.e. token log-probs *summed* over the response, under the
     policy and under the frozen reference. With the log-ratio margin
@@ -246,6 +248,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
         L = (h_norm - 1 / (2 * beta))**2,   h_norm = (log pi(y_c) - log pi_ref(y_c)) / |y_c| - (same for y_r) / |y_r|
 
+    ``loss_type="simpo"``: no reference at all; each reply's score is its *mean* token log-prob (RRHF's score), and
+    the margin must exceed a target ``gamma`` (``simpo_gamma``):
+
+        L = -log sigmoid(beta * log pi(y_c) / |y_c| - beta * log pi(y_r) / |y_r| - gamma)
+
+    (the paper uses beta of about 2 to 2.5 and gamma / beta about 0.5; ``ref_chosen`` and ``ref_rejected`` are
+    ignored and may be None).
+
     IPO regresses the margin onto a fixed target instead of pushing it to infinity, which is its answer to DPO
     over-fitting deterministic preferences. The paper writes h with whole-sequence log-probs; dividing by length
     (as TRL's IPO does) keeps the target 1/(2 beta) on a per-token scale, so it means the same for short and long
@@ -261,18 +271,23 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
     Returns:
         ``DPOLoss(loss, chosen_rewards, rejected_rewards)``, the rewards being beta * (log pi - log pi_ref) of the
-        summed log-probs (detached: they are for logging, e.g. reward accuracy and margins).
+        summed log-probs (SimPO: beta times the mean log-prob), detached: they are for logging, e.g. reward accuracy
+        and margins.
     """
-    if loss_type not in ("sigmoid", "ipo"):
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected 'sigmoid' or 'ipo'")
+    if loss_type not in ("sigmoid", "ipo", "simpo"):
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected 'sigmoid', 'ipo' or 'simpo'")
+    if loss_type != "sigmoid" and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError(f"loss_type={loss_type!r} normalises by length: pass chosen_lengths and rejected_lengths")
+    if loss_type == "simpo":
+        chosen_score, rejected_score = beta * policy_chosen / chosen_lengths, beta * policy_rejected / rejected_lengths
+        losses = -F.logsigmoid(chosen_score - rejected_score - simpo_gamma)
+        return DPOLoss(losses.mean(), chosen_score.detach(), rejected_score.detach())
     chosen_ratio = policy_chosen - ref_chosen  # log pi(y_c) / pi_ref(y_c)
     rejected_ratio = policy_rejected - ref_rejected
     if loss_type == "sigmoid":
         h = chosen_ratio - rejected_ratio
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     else:
-        if chosen_lengths is None or rejected_lengths is None:
-            raise ValueError("loss_type='ipo' normalises by length: pass chosen_lengths and rejected_lengths")
         h = chosen_ratio / chosen_lengths - rejected_ratio / rejected_lengths
         losses = (h - 1 / (2 * beta)) ** 2
     return DPOLoss(losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
@@ -415,3 +430,91 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "
         log_r = (ref_logprobs - logprobs).clamp(max=MAX_LOG_RATIO)
         return torch.expm1(log_r) - log_r
     raise ValueError(f"unknown KL estimator kind {kind!r}; expected 'k1' or 'k3'")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Critic-free RL on groups of replies: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024). Each prompt gets k
+# sampled replies and one reward per reply (``[B, k]``); where RRHF ranks the k replies, these turn the k rewards into
+# policy-gradient weights. Equal rewards in a group give zero advantage in both (and zero ranking loss in RRHF).
+# --------------------------------------------------------------------------------------------------------------------
+GRPO_NORMALISATIONS = ("per_reply", "constant")
+
+
+def group_advantages(rewards: torch.Tensor, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's outcome advantage (Shao et al. 2024, sec. 4.1.2), one per reply, ``[B, k]`` from ``[B, k]`` rewards:
+
+        A_i = (r_i - mean(r)) / (std(r) + eps)      over the k replies to the same prompt
+
+    ``std`` is the sample standard deviation (k - 1 in the denominator, as TRL computes it); ``eps`` keeps a group of
+    equal rewards at A = 0 instead of 0 / 0. ``scale=False`` drops the division, as Dr. GRPO (Liu et al. 2025)
+    recommends: dividing by the group's spread gives prompts whose replies all score alike (too easy, too hard) as
+    much weight as the others. Every token of reply i gets A_i."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return centred / (rewards.std(dim=1, keepdim=True) + eps) if scale else centred
+
+
+def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO's advantage (Ahmadian et al. 2024, eq. 5), ``[B, k]``: each reply's reward minus the mean of the *other*
+    k - 1 replies' rewards to the same prompt,
+
+        A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j  =  k / (k - 1) * (R_i - mean(R)),
+
+    a baseline that does not depend on reply i itself, so the gradient estimate stays unbiased. ``R`` is the sequence
+    reward with the KL penalty already folded in (``r - beta * KL``, :func:`rloo_loss`). Needs k >= 2."""
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 replies per prompt, got {k}")
+    return (rewards - rewards.mean(dim=1, keepdim=True)) * (k / (k - 1))
+
+
+class GRPOLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, to minimise
+    clip_fraction: torch.Tensor  # share of real tokens where the clipped branch is active (detached)
+    kl: torch.Tensor  # mean per-token k3 estimate of KL(pi || pi_ref) (detached)
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+              advantages: torch.Tensor, mask: torch.Tensor, *, clip_range: float = 0.2, beta: float = 0.04,
+              normalisation: str = "per_reply", max_tokens: int | None = None) -> GRPOLoss:
+    """GRPO's objective (Shao et al. 2024, eq. 3) as a loss, from per-token ``[N, T]`` log-probs of N sampled replies
+    (all groups flattened) under the policy, the policy that sampled them and the reference, and one advantage per
+    reply ``[N]`` (:func:`group_advantages`):
+
+        per token:  o_t = min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps) * A) - beta * k3_t
+        ratio_t = exp(log pi - log pi_old),   k3_t = pi_ref/pi - log(pi_ref/pi) - 1   (:func:`kl_penalty`, always >= 0)
+
+    ``normalisation="per_reply"`` (the paper): the mean of o_t over each reply's tokens, then the mean over replies,
+    ``(1/N) sum_i (1/|o_i|) sum_t o_t``. Dr. GRPO (Liu et al. 2025) showed that the 1/|o_i| favours short replies
+    when A > 0 and long ones when A < 0; ``"constant"`` divides every reply's token sum by the same ``max_tokens``
+    (e.g. ``max_new_tokens``) instead: ``(1/N) sum_i (1/max_tokens) sum_t o_t``. The KL is a term of the loss, not of
+    the reward (unlike PPO's and RLOO's). Returns :class:`GRPOLoss`."""
+    if normalisation not in GRPO_NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {GRPO_NORMALISATIONS}, got {normalisation!r}")
+    if normalisation == "constant" and not max_tokens:
+        raise ValueError("normalisation='constant' divides by a constant number of tokens: pass max_tokens")
+    mask = mask.bool()
+    log_ratio = torch.where(mask, logprobs - old_logprobs, 0.0)
+    ratio = torch.exp(log_ratio.clamp(max=MAX_LOG_RATIO))
+    adv = advantages.unsqueeze(1).expand_as(ratio)
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
+    kl = torch.where(mask, kl_penalty(torch.where(mask, logprobs, 0.0), torch.where(mask, ref_logprobs, 0.0), "k3"),
+                     0.0)
+    per_token = torch.where(mask, surrogate - beta * kl, 0.0)
+    tokens = mask.sum(dim=1).clamp(min=1)
+    per_reply = per_token.sum(dim=1) / (tokens if normalisation == "per_reply" else max_tokens)
+    clipped = (ratio.clamp(1 - clip_range, 1 + clip_range) * adv < ratio * adv) & mask
+    return GRPOLoss(-per_reply.mean(), (clipped.sum() / mask.sum()).detach(), _masked_mean(kl, mask).detach())
+
+
+def rloo_loss(logp_sums: torch.Tensor, scores: torch.Tensor, kl: torch.Tensor, *, beta: float = 0.05) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): REINFORCE on whole replies with the leave-one-out baseline, ``[B, k]`` inputs:
+    ``logp_sums`` the policy's summed log-prob of each sampled reply (with gradient), ``scores`` the reward function's
+    score, ``kl`` each reply's summed log pi - log pi_ref (the paper folds the KL penalty into the sequence reward,
+    ``R = score - beta * KL``, as PPO does per token). Then
+
+        L = -(1 / (B k)) sum_{b, i} A_bi * log pi(y_bi | x_b),   A = :func:`leave_one_out_advantages` of R
+
+    with A held constant (detached). One gradient step per batch of samples (the paper's setting): no ratio, no
+    clipping, no value model."""
+    rewards = (scores - beta * kl).detach()
+    return -(leave_one_out_advantages(rewards) * logp_sums).mean()

@@ -140,8 +140,9 @@ class Profile:
     dpo_lr: float = 1e-4  # peak learning rate of the fresh LoRA adapters (1e-3 collapses the tiny model)
     dpo_warmup_steps: int = 5  # linear warm-up steps
     dpo_beta: float = 0.1  # strength of the implicit KL constraint: small beta lets the policy move further
-    dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo" (Azar et al. 2023)
+    dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" (Azar et al. 2023) or "simpo" (Meng et al. 2024)
     dpo_label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
+    dpo_simpo_gamma: float = 1.0  # SimPO only (dpo_loss_type="simpo"): target margin; the paper: beta 2, gamma 1
 
     # --- PPO (notebook 07): one base model, adapters for the rest ------------------------------------
     ppo_iterations: int = 40  # rounds of (sample a rollout, score it, epochs of updates)
@@ -217,7 +218,7 @@ class Profile:
 
     def dpo_config(self) -> DPOConfig:
         return DPOConfig(**self._loop("dpo", 5), lr=self.dpo_lr, beta=self.dpo_beta, loss_type=self.dpo_loss_type,
-                         label_smoothing=self.dpo_label_smoothing)
+                         label_smoothing=self.dpo_label_smoothing, simpo_gamma=self.dpo_simpo_gamma)
 
     def ppo_config(self) -> PPOConfig:
         """PPO's config: the ``ppo_*`` fields without their prefix, and the sampling and loop fields it shares."""

@@ -67,14 +67,15 @@ def add_reference_logprobs(model, rows: list[dict], pad_token_id: int, batch_siz
     return rows
 
 
-def dpo_step(model, batch: dict, beta: float, loss_type: str = "sigmoid",
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+def dpo_step(model, batch: dict, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+             simpo_gamma: float = 0.0) -> tuple[torch.Tensor, dict]:
     """One DPO step: one forward pass for chosen and rejected, then :func:`dpo_loss` against the cached reference."""
     lp = sequence_logprobs(model, batch)
     chosen, rejected = lp.sum.chunk(2)
     chosen_len, rejected_len = lp.count.chunk(2)
     out = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta=beta, loss_type=loss_type,
-                   label_smoothing=label_smoothing, chosen_lengths=chosen_len, rejected_lengths=rejected_len)
+                   label_smoothing=label_smoothing, chosen_lengths=chosen_len, rejected_lengths=rejected_len,
+                   simpo_gamma=simpo_gamma)
     margin = out.chosen_rewards - out.rejected_rewards
     return out.loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean(),
                       "logp_chosen": chosen.detach().mean(), "logp_rejected": rejected.detach().mean()}
@@ -87,8 +88,9 @@ class DPOConfig(TrainConfig):
 
     lr: float = 1e-4  # peak learning rate of the fresh LoRA adapters
     beta: float = 0.1  # strength of the implicit KL constraint: small beta lets the policy move further
-    loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo" (Azar et al. 2023)
+    loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" (Azar et al. 2023) or "simpo" (Meng et al. 2024, no reference)
     label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
+    simpo_gamma: float = 1.0  # SimPO only: the target margin gamma (the paper: beta about 2, gamma / beta about 0.5)
 
 
 def train_dpo(model, tokenizer, pairs, config: DPOConfig = DPOConfig(), *, checkpoint_dir: Path | None = None,
@@ -96,15 +98,15 @@ def train_dpo(model, tokenizer, pairs, config: DPOConfig = DPOConfig(), *, check
     """Train ``model`` with DPO on ``pairs`` (``prompt/chosen/rejected``, TRL's format); returns the history.
 
     ``model`` is the policy with *fresh* LoRA adapters (e.g. from :func:`rrhf_lite.core.models.load_for_training`):
-    before the first step it is the reference, whose log-probs are computed once here and cached with the pairs. It is
-    trained in place. The pairs are checked first (:func:`rrhf_lite.core.validation.validate_preference_dataset`; empty
-    replies are kept, with a warning).
+    before the first step it is the reference, whose log-probs are computed once here and cached with the pairs (SimPO,
+    ``loss_type="simpo"``, has no reference and ignores them). It is trained in place. The pairs are checked first
+    (:func:`rrhf_lite.core.validation.validate_preference_dataset`; empty replies are kept, with a warning).
     """
     validate_preference_dataset(pairs, allow_empty_responses=True)
     rows = tokenize_preferences(tokenizer, pairs, config.max_length)
     add_reference_logprobs(model, rows, tokenizer.pad_token_id)  # fresh adapters: the model is the reference
     batches = config.shuffled(rows, functools.partial(collate_preferences, pad_token_id=tokenizer.pad_token_id))
     step = functools.partial(dpo_step, beta=config.beta, loss_type=config.loss_type,
-                             label_smoothing=config.label_smoothing)
+                             label_smoothing=config.label_smoothing, simpo_gamma=config.simpo_gamma)
     return train(model, batches, step, **config.loop_args(), checkpoint_dir=checkpoint_dir, desc="DPO",
                  progress=progress)
