@@ -98,3 +98,17 @@ def test_bad_settings_are_refused():
         train_grpo(None, None, None, PROMPTS, config(prompts_per_step=3))
     with pytest.raises(ValueError, match="method='rloo'"):
         train_rloo(None, None, None, PROMPTS, config())
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_the_course_trains_them_against_its_reward_model_and_saves_them(stages, tmp_path, method):
+    from rrhf_lite.course.training import train_group_folder
+
+    profile = get_profile("tiny", **SMALL, max_new_tokens=8, grpo_iterations=2, grpo_prompts_per_iteration=4,
+                          grpo_prompts_per_step=2)
+    config = profile.grpo_config(method)
+    assert config.method == method and config.prompts_per_step == (4 if method == "rloo" else 2)
+    history = train_group_folder(profile, config, *stages, tmp_path / "out", None, PROMPTS, progress=False)
+    assert len(history) == 2 and history[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "out" / "history.json").exists()

@@ -54,7 +54,7 @@ from rrhf_lite.course.sources import (
 )
 from rrhf_lite.course.stages import TrainingRun, build_or_load, checkpoint_dir, read_output, training_run
 from rrhf_lite.course.standins import resolve
-from rrhf_lite.course.training import train_folder, train_ppo_folder, train_reward_folder
+from rrhf_lite.course.training import train_folder, train_group_folder, train_ppo_folder, train_reward_folder
 from rrhf_lite.course.world import gold_rewards, label_agreement
 from rrhf_lite.methods.candidates import perplexity_filter
 from rrhf_lite.methods.ranking import shorten_rankings
@@ -80,6 +80,8 @@ METHOD_FIELDS = {
     "pro": EVAL_FIELDS + ("model_config", "pro_config", "pro_ranking_length"),
     "dpo": EVAL_FIELDS + ("model_config", "dpo_config", "ppl_quantile", "sample_prompts"),
     "ppo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "ppo_config", "ppo_value_init"),
+    "grpo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "grpo_config"),
+    "rloo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "rloo_config"),
 }
 METHOD_FIELDS = {method: fields + ("method_seed",) for method, fields in METHOD_FIELDS.items()}
 # The modules whose source (with every package module they import) enters each stage's key, so that an edit to the
@@ -98,10 +100,15 @@ STAGE_CODE = {
     "pro": ("methods.ranking", *SCORING_CODE),
     "dpo": ("methods.dpo", "methods.candidates", *SCORING_CODE),
     "ppo": ("methods.ppo", *SCORING_CODE),
+    "grpo": ("methods.grpo", *SCORING_CODE),
+    "rloo": ("methods.grpo", *SCORING_CODE),
     "online": ("course.online", "methods.ranking", "methods.candidates", "core.sampling", *SCORING_CODE),
     "ppo-trajectory": SCORING_CODE,
 }
 DPO_DATA = ("pairs", "filtered", "random", "labels")
+# What GRPO and RLOO are rewarded by: the reward model of stage 02 (normalised, as PPO), or the gold judge itself, a
+# rule checked like a verifier (RLVR: Lambert et al. 2024; on real profiles the judge model, which is no verifier)
+GROUP_REWARDS = ("proxy", "gold")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -243,20 +250,35 @@ def training_profile(profile):
 
 
 def method_stage(profile, method: str, data: str = "pairs", force: bool = False) -> Path:
-    """Train and evaluate ``method`` ("rrhf", "pro", "dpo" or "ppo") from the SFT model; returns the stage folder.
+    """Train and evaluate ``method`` ("rrhf", "pro", "dpo", "ppo", "grpo" or "rloo") from the SFT model; returns the
+    stage folder.
 
     The folder holds ``adapter/`` (LoRA weights), ``history.json`` (training curves), ``cost.json`` (training wall
     time, peak memory, trainable parameters) and ``eval.json`` (gold and proxy
     reward, KL to the SFT model and win rate on held-out prompts, with the replies). ``data`` picks DPO's
     pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03; PPO samples its own replies and
-    scores them with the reward model of stage 02.
+    scores them with the reward model of stage 02; so do GRPO and RLOO (``data="proxy"``), or with the gold judge
+    (``data="gold"``, :data:`GROUP_REWARDS`).
     """
     if method not in METHOD_FIELDS:
         raise ValueError(f"method must be one of {sorted(METHOD_FIELDS)}, got {method!r}")
+    if method in ("grpo", "rloo") and data == "pairs":
+        data = "proxy"  # the default of every method: what lesson 08's table compares
     sft, samples = sft_stage(profile), samples_stage(profile)
     trained = training_profile(profile)
 
     def train_fn(out: Path, ckpt: Path) -> None:
+        if method in ("grpo", "rloo"):
+            if data not in GROUP_REWARDS:
+                raise ValueError(f"{method} is rewarded by one of {GROUP_REWARDS}, got data={data!r}")
+            reward_fn = gold_scorer(profile) if data == "gold" else None  # None: the reward model of stage 02
+            if data == "gold" and reward_fn is None:
+                raise ValueError(f"profile {profile.name!r} has no gold judge to reward {method} with")
+            config = trained.grpo_config(method)
+            train_group_folder(trained, config, sft, reward_stage(profile), out, ckpt,
+                               rollout_prompts(profile, config.prompts_per_iteration * config.iterations),
+                               gold_scorer(profile), reward_fn=reward_fn)
+            return
         if method == "ppo":
             train_ppo_folder(trained, sft, reward_stage(profile), out, ckpt,
                              rollout_prompts(profile, profile.ppo_rollout_prompts * profile.ppo_iterations),
@@ -276,7 +298,7 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
     def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
 
-    name = f"dpo-{data}" if method == "dpo" else method
+    name = f"dpo-{data}" if method == "dpo" else f"{method}-gold" if data == "gold" else method
     return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force,
                                    evaluate_fn, code=STAGE_CODE[method])
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from rrhf_lite.core.models import LLAMA_LINEAR_LAYERS, ModelConfig, model_config
 from rrhf_lite.methods.dpo import DPOConfig
+from rrhf_lite.methods.grpo import GRPOConfig
 from rrhf_lite.methods.ppo import PPOConfig
 from rrhf_lite.methods.ranking import PROConfig, RRHFConfig
 from rrhf_lite.methods.reward import RewardConfig
@@ -165,6 +166,19 @@ class Profile:
     ppo_snapshot_every: int = 0  # keep the policy's adapter every this many iterations (0: only the final one)
     ppo_checkpoint_every: int = 5  # save PPO's state every this many iterations (an interrupted stage resumes there)
 
+    # --- GRPO and RLOO: critic-free RL on groups of replies, at PPO's sample budget (40 x 16 x 4 = 40 x 64) ---------
+    grpo_iterations: int = 40  # rounds of (a group of replies per prompt, scored, updates)
+    grpo_prompts_per_iteration: int = 16  # training prompts per rollout
+    grpo_group_size: int = 4  # replies per prompt (GRPO's G, RLOO's k)
+    grpo_epochs: int = 1  # GRPO: passes over each rollout
+    grpo_prompts_per_step: int = 4  # GRPO: prompts (whole groups) per gradient step; RLOO takes one step per rollout
+    grpo_lr: float = 5e-4  # peak learning rate of the LoRA adapters, decaying linearly to 0 (PPO's)
+    grpo_beta: float = 0.04  # GRPO: weight of the k3 KL term in the loss (the paper's 0.04)
+    grpo_clip_range: float = 0.2  # GRPO: epsilon of the clipped ratio
+    grpo_scale_rewards: bool = True  # GRPO: divide advantages by the group's std (the paper); False: Dr. GRPO
+    grpo_normalisation: str = "per_reply"  # GRPO: "per_reply" token means (the paper) or "constant" (Dr. GRPO)
+    rloo_beta: float = 0.05  # RLOO: KL penalty folded into each reply's reward, r - beta * KL (the paper's 0.05)
+
     # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
     overopt_kl_coefs: tuple[float, ...] = (0.1, 0.02)  # fixed betas of lesson 08's sweep; the last: "PPO, weak KL"
     overopt_snapshot_every: int = 8  # the weak-KL run's adapter is kept every this many iterations (held-out points)
@@ -227,6 +241,23 @@ class Profile:
         return PPOConfig(**own, temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
                          max_length=self.max_length, generation_batch_size=self.generation_batch_size,
                          weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed)
+
+    def grpo_config(self, method: str = "grpo") -> GRPOConfig:
+        """GRPO's config (``method="rloo"``: RLOO's, with ``rloo_beta`` and one step per rollout): the ``grpo_*``
+        fields without their prefix, and the sampling and loop fields it shares with PPO."""
+        fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+        own = {name: getattr(self, f"grpo_{name}") for name in fields if hasattr(self, f"grpo_{name}")}
+        if method == "rloo":
+            own.update(beta=self.rloo_beta, prompts_per_step=self.grpo_prompts_per_iteration, epochs=1)
+        return GRPOConfig(**own, method=method, no_eos_penalty=self.ppo_no_eos_penalty,
+                          temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
+                          max_length=self.max_length, generation_batch_size=self.generation_batch_size,
+                          weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
+                          checkpoint_every=self.ppo_checkpoint_every, seed=self.seed)
+
+    def rloo_config(self) -> GRPOConfig:
+        """RLOO's config: :meth:`grpo_config` with ``method="rloo"``."""
+        return self.grpo_config("rloo")
 
     def values(self, fields: tuple[str, ...] | list[str]) -> dict:
         """The named fields' values; a name of one of the config methods above (``"dpo_config"``) stands for the
@@ -334,6 +365,9 @@ class RehearsalProfile(ColabT4Profile):
     ppo_rollout_prompts: int = 8  # prompts per rollout
     ppo_epochs: int = 1  # passes over each rollout
     ppo_minibatch_size: int = 4  # replies per gradient step
+    grpo_iterations: int = 2  # GRPO and RLOO iterations
+    grpo_prompts_per_iteration: int = 4  # prompts per rollout (4 replies each)
+    grpo_prompts_per_step: int = 2  # GRPO: prompts per gradient step
     overopt_snapshot_every: int = 1  # snapshot every iteration of the weak-KL run
 
 
@@ -344,7 +378,8 @@ REHEARSAL_CHANGES = frozenset({
     "sft_steps", "sft_warmup_steps", "rm_pairs", "rm_eval_pairs", "rm_steps", "rm_batch_size", "rm_warmup_steps",
     "rm_eval_every", "sample_prompts", "eval_prompts", "max_new_tokens", "ranking_steps",
     "ranking_batch_size", "ranking_warmup_steps", "dpo_steps", "dpo_batch_size", "dpo_warmup_steps",
-    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "overopt_snapshot_every"})
+    "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "grpo_iterations",
+    "grpo_prompts_per_iteration", "grpo_prompts_per_step", "overopt_snapshot_every"})
 
 PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile,
                                       "rehearsal": RehearsalProfile}

@@ -27,6 +27,7 @@ from rrhf_lite.course.scoring import reward_normalisation
 from rrhf_lite.course.sources import preference_data
 from rrhf_lite.course.stages import read_output
 from rrhf_lite.methods.dpo import train_dpo
+from rrhf_lite.methods.grpo import GRPOConfig, train_grpo
 from rrhf_lite.methods.ppo import PolicyAndValue, init_value_head, train_ppo, use_plain_sampling
 from rrhf_lite.methods.ranking import train_pro, train_rrhf
 from rrhf_lite.methods.reward import load_reward_model, normalised_scorer, train_reward_model
@@ -109,4 +110,20 @@ def train_ppo_folder(profile, sft_dir: Path, reward_dir: Path, out: Path, ckpt: 
         shutil.copytree(snapshots, out / "snapshots", dirs_exist_ok=True)
     save_run(out, model.policy, tokenizer, history, counted=model, method="ppo")
     torch.save(model.value_head.state_dict(), out / "value_head.pt")
+    return history
+
+
+def train_group_folder(profile, config: GRPOConfig, sft_dir: Path, reward_dir: Path, out: Path, ckpt: Path | None,
+                       prompts: list[str], gold_fn=None, *, reward_fn=None, progress: bool = True) -> list[dict]:
+    """GRPO or RLOO (``config.method``) from the SFT model with fresh LoRA adapters, rewarded by ``reward_fn`` (default:
+    the reward model of ``reward_dir``, normalised on SFT samples as for PPO); saved in ``out``: ``adapter/`` and
+    ``history.json``. ``gold_fn`` is only recorded."""
+    policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
+    if reward_fn is None:
+        reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
+        reward_fn = normalised_scorer(reward_model, reward_tokenizer, read_output(reward_dir, "normalisation"),
+                                      profile.max_length)
+    history = train_grpo(policy, tokenizer, reward_fn, prompts, config, gold_fn=gold_fn, checkpoint_dir=ckpt,
+                         progress=progress)
+    save_run(out, policy, tokenizer, history, method=config.method)
     return history
