@@ -107,7 +107,8 @@ def build_model_dir(path: str | Path, profile=None, dialogues: int | None = None
     tokenizer trained on the world's dialogues, and a freshly initialised ``LlamaForCausalLM``. Random weights are
     fine for timing: every side loads the same checkpoint and does the same arithmetic.
     """
-    from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+    from rrhf_lite.core.models import build_tokenizer
+    from rrhf_lite.course.pretrain import build_tiny_model
     from rrhf_lite.course.profiles import get_profile
     from rrhf_lite.course.world import TinyWorld
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.core.models import build_tokenizer
+from rrhf_lite.course.pretrain import build_tiny_model
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import TinyWorld
 

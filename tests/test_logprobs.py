@@ -21,7 +21,8 @@ from rrhf_lite.core.logprobs import (
     tokenize_pairs,
     tokenize_preference_pairs,
 )
-from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.core.models import build_tokenizer
+from rrhf_lite.course.pretrain import build_tiny_model
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import TinyWorld
 

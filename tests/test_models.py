@@ -11,7 +11,8 @@ from conftest import SMALL  # tests/conftest.py; the `saved_model` fixture lives
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rrhf_lite.core.models import build_tiny_model, build_tokenizer, load_model, load_pretrained
+from rrhf_lite.core.models import build_tokenizer, load_model, load_pretrained
+from rrhf_lite.course.pretrain import build_tiny_model
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import TinyWorld, format_prompt
 

@@ -8,8 +8,9 @@ import datasets
 import pytest
 import torch
 
-from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.core.models import build_tokenizer
 from rrhf_lite.core.sampling import generate, generate_tokens, sample_candidates
+from rrhf_lite.course.pretrain import build_tiny_model
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import TinyWorld, gold_rewards
 from rrhf_lite.methods.best_of_n import best_of_n_curve, best_of_n_expectation, best_of_n_kl, select_best

@@ -6,8 +6,8 @@ The tiny profile needs a model without a download, so this module builds one the
    the world's text with the ``tokenizers`` library, and wraps it as a ``transformers`` fast tokenizer with a
    beginning-of-sequence token, an end-of-sequence token, a *separate* padding token (PPO and reward models
    need to tell "the reply ended" from "this is padding"), and a chat template for the HH dialogue format.
-2. :func:`build_tiny_model` makes a ``LlamaForCausalLM`` from a small config. Widths are multiples of 64,
-   which bitsandbytes' 4-bit CPU kernels require.
+2. :func:`rrhf_lite.course.pretrain.build_tiny_model` (the course's) makes a ``LlamaForCausalLM`` from a small
+   config. Widths are multiples of 64, which bitsandbytes' 4-bit CPU kernels require.
 3. Both are saved with ``save_pretrained`` and read back with ``AutoTokenizer`` / ``AutoModelForCausalLM``
    (:func:`load_pretrained`): the code path a hub model such as ``Qwen/Qwen2.5-0.5B`` takes.
 
@@ -38,8 +38,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 from transformers.utils import logging as hf_logging
@@ -111,28 +109,6 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    chat_template=HH_CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
                                    model_max_length=1_000_000)
-
-
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, profile) -> LlamaForCausalLM:
-    """A freshly initialised Llama sized by the profile (``n_layer``, ``hidden_size``, ...)."""
-    for name in ("hidden_size", "intermediate_size"):
-        if getattr(profile, name) % 64:
-            raise ValueError(f"profile.{name} = {getattr(profile, name)} must be a multiple of 64 (bitsandbytes)")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=profile.hidden_size,
-        intermediate_size=profile.intermediate_size,
-        num_hidden_layers=profile.n_layer,
-        num_attention_heads=profile.n_head,
-        num_key_value_heads=profile.n_head,
-        max_position_embeddings=profile.max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(profile.seed)
-    return LlamaForCausalLM(config)
 
 
 def load_tokenizer(path: str | Path, add_pad: bool = False) -> PreTrainedTokenizerFast:

@@ -13,12 +13,34 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rrhf_lite.core.logprobs import length_grouped
 from rrhf_lite.core.loop import save_run, train
-from rrhf_lite.core.models import build_tiny_model, build_tokenizer
+from rrhf_lite.core.models import build_tokenizer
 from rrhf_lite.course.world import TinyWorld
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, profile) -> LlamaForCausalLM:
+    """A freshly initialised Llama sized by the profile (``n_layer``, ``hidden_size``, ...)."""
+    for name in ("hidden_size", "intermediate_size"):
+        if getattr(profile, name) % 64:
+            raise ValueError(f"profile.{name} = {getattr(profile, name)} must be a multiple of 64 (bitsandbytes)")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=profile.hidden_size,
+        intermediate_size=profile.intermediate_size,
+        num_hidden_layers=profile.n_layer,
+        num_attention_heads=profile.n_head,
+        num_key_value_heads=profile.n_head,
+        max_position_embeddings=profile.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(profile.seed)
+    return LlamaForCausalLM(config)
 
 
 def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> list[dict]:

@@ -23,6 +23,12 @@ from rrhf_lite.methods.judge import judge_scores, load_judge
 from rrhf_lite.methods.reward import load_reward_model, normalisation, normalise, normalised_scorer, score
 
 
+def sampling(profile) -> dict:
+    """How every evaluation samples: :func:`rrhf_lite.methods.evaluate.policy_report`'s settings from the profile."""
+    return {"max_new_tokens": profile.max_new_tokens, "temperature": profile.sample_temperature,
+            "batch_size": profile.generation_batch_size, "seed": profile.seed}
+
+
 def load_policy(profile, path):
     """A causal LM for sampling and scoring (no adapters, no training), with a pad token distinct from eos.
 
@@ -113,8 +119,8 @@ def build_samples(profile, base, sft_dir: Path, reward_dir: Path, gold_fn, out: 
 
     # The SFT model measured exactly as every method will be (same prompts, same seed): the baseline.
     measured = evaluation_prompts(profile)
-    report, replies, per_reply = policy_report(policy, tokenizer, measured, profile, score_fn, gold_fn,
-                                               is_reference=True)
+    report, replies, per_reply = policy_report(policy, tokenizer, measured, score_fn, gold_fn, is_reference=True,
+                                               **sampling(profile))
     if gold_fn is not None:
         per_reply["win_rate_vs_sft"] = [0.5] * len(replies)  # a tie with itself, reply by reply
     (out / "sft_eval.json").write_text(json.dumps({"report": report, "replies": replies, "per_reply": per_reply},
@@ -126,7 +132,8 @@ def evaluate_adapter_with(profile, adapter_dir: Path, sft_dir: Path, reward_dir:
     """The SFT model with a trained adapter, measured like the SFT ``baseline`` (its ``sft_eval.json``): replies to the
     evaluation prompts, their proxy reward, gold reward (``gold_fn``), KL to the SFT model and win rate against it."""
     model, tokenizer = load_for_training(sft_dir / "model", profile, head="lm", adapter=adapter_dir, trainable=False)
-    report, replies, per_reply = policy_report(model, tokenizer, evaluation_prompts(profile), profile,
+    report, replies, per_reply = policy_report(model, tokenizer, evaluation_prompts(profile),
                                                proxy_scorer(profile, sft_dir, reward_dir), gold_fn,
-                                               baseline_gold=baseline["per_reply"].get("gold_reward"))
+                                               baseline_gold=baseline["per_reply"].get("gold_reward"),
+                                               **sampling(profile))
     return {"report": report, "replies": replies, "per_reply": per_reply}

@@ -98,24 +98,24 @@ def kl_to_reference(model, tokenizer, generation: Generation, reference=None, te
     return logp - ref_logp
 
 
-def policy_report(model, tokenizer, prompts: list[str], profile, score_fn, gold_fn=None, *, reference=None,
-                  is_reference: bool = False, baseline_gold: list[float] | None = None,
-                  seed: int | None = None) -> tuple[dict, list[str], dict[str, list[float]]]:
-    """Sample one reply per held-out prompt and measure it: proxy and gold reward, KL to the reference, win rate.
+def policy_report(model, tokenizer, prompts: list[str], score_fn, gold_fn=None, *, max_new_tokens: int,
+                  temperature: float, batch_size: int = 64, seed: int = 0, reference=None, is_reference: bool = False,
+                  baseline_gold: list[float] | None = None) -> tuple[dict, list[str], dict[str, list[float]]]:
+    """Sample one reply per held-out prompt (at ``temperature``, with ``seed``) and measure it: proxy and gold reward,
+    KL to the reference (at the same temperature), win rate.
 
     ``reference`` is as for :func:`kl_to_reference`; ``is_reference=True`` says ``model`` *is* the reference (the
     SFT baseline), so its KL is 0 by definition. Returns the report (a dict of means), the replies, and the
     per-reply values behind each mean (``proxy_reward``, ``kl``, and ``gold_reward`` and ``win_rate_vs_sft`` where
     there is a judge): what :func:`bootstrap_interval` resamples.
     """
-    generation = generate_tokens(model, tokenizer, prompts, max_new_tokens=profile.max_new_tokens,
-                                 temperature=profile.sample_temperature, batch_size=profile.generation_batch_size,
-                                 seed=profile.seed if seed is None else seed)
+    generation = generate_tokens(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 batch_size=batch_size, seed=seed)
     replies = decode(tokenizer, generation)
     if is_reference:
         kl = torch.zeros(len(prompts))
     else:
-        kl = kl_to_reference(model, tokenizer, generation, reference, temperature=profile.sample_temperature)
+        kl = kl_to_reference(model, tokenizer, generation, reference, temperature=temperature)
     per_reply = {"proxy_reward": [float(v) for v in score_fn(prompts, replies)], "kl": kl.tolist()}
     if gold_fn is not None:
         per_reply["gold_reward"] = [float(v) for v in gold_fn(prompts, replies)]
