@@ -3,6 +3,7 @@
 import ast
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,15 @@ def test_every_field_has_a_one_line_comment():
                 line = lines[stmt.lineno - 1]
                 assert "  # " in line, f"{cls.__name__}.{stmt.target.id} has no comment: {line.strip()}"
     assert {f.name for f in dataclasses.fields(profiles.Profile)} >= {"seed", "lora_r", "max_length"}
+
+
+def test_a_checkout_keeps_its_stages_in_its_own_runs_folder_whatever_the_working_directory(monkeypatch, tmp_path):
+    """make main runs the lessons from notebooks/ and the stage builder from the repository's root: both must find the
+    same cache, or every stage is built twice (and the results table lands in notebooks/runs/)."""
+    from rrhf_lite.course.profiles import RUNS_ENV_VAR, default_runs_dir
+
+    monkeypatch.delenv(RUNS_ENV_VAR, raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    for folder in (tmp_path, repo / "notebooks", repo):
+        monkeypatch.chdir(folder)
+        assert default_runs_dir() == repo / "runs"

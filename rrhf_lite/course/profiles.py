@@ -47,7 +47,7 @@ def default_runs_dir() -> Path:
     """``$RRHF_LITE_RUNS`` if set; else ``runs/`` in the repository when installed from a checkout; else ``./runs``."""
     if os.environ.get(RUNS_ENV_VAR):
         return Path(os.environ[RUNS_ENV_VAR])
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]  # <repo>/rrhf_lite/course/profiles.py
     if (repo / "pyproject.toml").exists() and (repo / "notebooks").is_dir():
         return repo / "runs"
     return Path.cwd() / "runs"
