@@ -209,6 +209,11 @@ class Profile:
         """How every stage loads its models: precision, 4-bit, LoRA (:class:`rrhf_lite.core.models.ModelConfig`)."""
         return model_config(self)
 
+    def _prefixed(self, config_class, prefix: str) -> dict:
+        """The fields of ``config_class`` that this profile holds as ``<prefix>_<field>``, by their config name."""
+        return {f.name: getattr(self, f"{prefix}_{f.name}") for f in dataclasses.fields(config_class)
+                if hasattr(self, f"{prefix}_{f.name}")}
+
     def _loop(self, prefix: str, checkpoint_every: int) -> dict:
         return {"steps": getattr(self, f"{prefix}_steps"), "batch_size": getattr(self, f"{prefix}_batch_size"),
                 "warmup_steps": getattr(self, f"{prefix}_warmup_steps"), "weight_decay": self.weight_decay,
@@ -236,17 +241,15 @@ class Profile:
 
     def ppo_config(self) -> PPOConfig:
         """PPO's config: the ``ppo_*`` fields without their prefix, and the sampling and loop fields it shares."""
-        fields = {f.name for f in dataclasses.fields(PPOConfig)}
-        own = {name: getattr(self, f"ppo_{name}") for name in fields if hasattr(self, f"ppo_{name}")}
-        return PPOConfig(**own, temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
-                         max_length=self.max_length, generation_batch_size=self.generation_batch_size,
-                         weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed)
+        return PPOConfig(**self._prefixed(PPOConfig, "ppo"), temperature=self.sample_temperature,
+                         max_new_tokens=self.max_new_tokens, max_length=self.max_length,
+                         generation_batch_size=self.generation_batch_size, weight_decay=self.weight_decay,
+                         max_grad_norm=self.max_grad_norm, seed=self.seed)
 
     def grpo_config(self, method: str = "grpo") -> GRPOConfig:
         """GRPO's config (``method="rloo"``: RLOO's, with ``rloo_beta`` and one step per rollout): the ``grpo_*``
         fields without their prefix, and the sampling and loop fields it shares with PPO."""
-        fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-        own = {name: getattr(self, f"grpo_{name}") for name in fields if hasattr(self, f"grpo_{name}")}
+        own = self._prefixed(GRPOConfig, "grpo")
         if method == "rloo":
             own.update(beta=self.rloo_beta, prompts_per_step=self.grpo_prompts_per_iteration, epochs=1)
         return GRPOConfig(**own, method=method, no_eos_penalty=self.ppo_no_eos_penalty,

@@ -29,7 +29,6 @@ gradient clipped to ``max_grad_norm`` like every other trainer here.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from rrhf_lite.core.logprobs import sampled_batch, sequence_logprobs
 from rrhf_lite.core.loop import guarded_step, load_checkpoint, read_checkpoint, save_checkpoint
 from rrhf_lite.core.losses import GRPO_NORMALISATIONS, group_advantages, grpo_loss, rloo_loss
 from rrhf_lite.core.sampling import generate_tokens
-from rrhf_lite.methods.ppo import score_replies, use_plain_sampling
+from rrhf_lite.methods.ppo import fitting_prompts, score_replies, take_rows, update_stopped, use_plain_sampling
 
 METHODS = ("grpo", "rloo")
 
@@ -119,18 +118,10 @@ def collect_groups(model, tokenizer, reward_fn, prompts: list[str], config: GRPO
                         **{k: torch.cat(v) for k, v in parts.items()})
 
 
-def cut_rows(rollout: GroupRollout, rows: torch.Tensor, *per_token: torch.Tensor):
-    """The rollout batch's ``rows`` and the same rows of each ``[N, T - 1]`` tensor, cut to the longest of them."""
-    rows = rows.to(rollout.mask.device)
-    batch = {k: v[rows] for k, v in rollout.batch.items()}
-    width = int(batch["attention_mask"].sum(1).max())
-    return {k: v[:, :width] for k, v in batch.items()}, [t[rows, :width - 1] for t in per_token]
-
-
 def group_step(model, rollout: GroupRollout, advantages: torch.Tensor, rows: torch.Tensor,
                config: GRPOConfig) -> tuple[torch.Tensor, dict]:
     """The loss on the replies ``rows`` of the rollout (whole groups for RLOO) and what to log about it."""
-    batch, (mask, old, ref) = cut_rows(rollout, rows, rollout.mask, rollout.logprobs, rollout.ref_logprobs)
+    batch, (mask, old, ref) = take_rows(rollout, rows, rollout.mask, rollout.logprobs, rollout.ref_logprobs)
     lp = sequence_logprobs(model, batch, config.temperature)
     if config.method == "grpo":
         out = grpo_loss(lp.token_logps, old, ref, advantages[rows.to(advantages.device)], mask,
@@ -147,16 +138,6 @@ def group_step(model, rollout: GroupRollout, advantages: torch.Tensor, rows: tor
 def _stop(where: str, what: str, value: float) -> FloatingPointError:
     return FloatingPointError(f"{where}: {what} is {value}; stopped before the weights were changed (the last "
                               f"checkpoint is kept; lower the learning rate, or check the rewards)")
-
-
-def fitting(tokenizer, prompts: list[str], n: int, config: GRPOConfig) -> list[str]:
-    """``n`` prompts from ``prompts`` that leave room for ``max_new_tokens`` within ``max_length``, repeated in
-    order."""
-    room = config.max_length - config.max_new_tokens
-    fits = [p for p in prompts if len(tokenizer(p)["input_ids"]) <= room]
-    if not fits:
-        raise ValueError(f"no prompt fits in max_length - max_new_tokens = {room} tokens")
-    return list(itertools.islice(itertools.cycle(fits), n))
 
 
 def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConfig = GRPOConfig(), *, gold_fn=None,
@@ -178,7 +159,7 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
                            f"whole")
     use_plain_sampling(model)
     n, iterations = config.prompts_per_iteration, config.iterations
-    prompts = fitting(tokenizer, list(prompts), n * iterations, config)
+    prompts = fitting_prompts(tokenizer, list(prompts), n * iterations, config)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / iterations)  # linear decay to 0
@@ -208,8 +189,8 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
                 loss, metrics = group_step(model, rollout, advantages, rows, config)
                 optimizer.zero_grad(set_to_none=True)
                 grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=config.max_grad_norm,
-                                         stop=functools.partial(_stop, f"{config.method.upper()} iteration "
-                                                                       f"{iteration + 1} (epoch {epoch + 1})"))
+                                         stop=functools.partial(update_stopped, f"iteration {iteration + 1} "
+                                                                f"(epoch {epoch + 1})", method=config.method.upper()))
                 for key, value in {"loss": loss, "grad_norm": grad_norm, **metrics}.items():
                     logged.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
         optimizer.zero_grad(set_to_none=True)

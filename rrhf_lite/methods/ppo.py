@@ -351,19 +351,22 @@ def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, mask: to
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def take_rows(rollout: Rollout, rows: torch.Tensor,
+def take_rows(rollout, rows: torch.Tensor,
               *per_token: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """A minibatch: the rollout batch's ``rows`` and the same rows of each ``[B, T - 1]`` tensor in ``per_token``,
-    all cut to the longest of these rows (the batch is right-padded, so only padding is cut)."""
+    all cut to the longest of these rows (the batch is right-padded, so only padding is cut). ``rollout`` is a
+    :class:`Rollout` or anything with its ``batch`` and ``mask`` (GRPO's groups, :mod:`rrhf_lite.methods.grpo`)."""
     rows = rows.to(rollout.mask.device)
     batch = {k: v[rows] for k, v in rollout.batch.items()}
     width = int(batch["attention_mask"].sum(1).max())
     return {k: v[:, :width] for k, v in batch.items()}, [t[rows, :width - 1] for t in per_token]
 
 
-def _stop(where: str, what: str, value: float) -> FloatingPointError:
-    return FloatingPointError(f"PPO: {what} is {value} at {where}; stopped before the weights were changed (the last "
-                              f"checkpoint is kept; lower the learning rate, or check the rewards)")
+def update_stopped(where: str, what: str, value: float, method: str = "PPO") -> FloatingPointError:
+    """The error a non-finite loss or gradient raises in an RL update (``guarded_step``'s ``stop``): PPO's, and GRPO's
+    and RLOO's (:mod:`rrhf_lite.methods.grpo`)."""
+    return FloatingPointError(f"{method}: {what} is {value} at {where}; stopped before the weights were changed (the "
+                              f"last checkpoint is kept; lower the learning rate, or check the rewards)")
 
 
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout: Rollout, advantages: torch.Tensor,
@@ -389,7 +392,8 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, rollout:
             loss = policy_loss + config.vf_coef * value_loss
             optimizer.zero_grad(set_to_none=True)
             grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=config.max_grad_norm,
-                                     stop=functools.partial(_stop, f"iteration {iteration + 1} (epoch {epoch + 1})"))
+                                     stop=functools.partial(update_stopped,
+                                                            f"iteration {iteration + 1} (epoch {epoch + 1})"))
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                ("clip_fraction", clip_fraction), ("value_clip_fraction", value_clip_fraction),
                                ("approx_kl", approx_kl), ("grad_norm", grad_norm)):
@@ -424,9 +428,10 @@ def rollout_metrics(rollout: Rollout, gold_fn=None) -> dict[str, float | None]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def fitting_prompts(tokenizer, prompts: list[str], n: int, config: PPOConfig) -> list[str]:
-    """``n`` rollout prompts from ``prompts``: those too long to leave room for ``max_new_tokens`` within
-    ``max_length`` are dropped, and the rest repeated (in order) to make up ``n``."""
+def fitting_prompts(tokenizer, prompts: list[str], n: int, config) -> list[str]:
+    """``n`` rollout prompts from ``prompts``: those too long to leave room for ``config.max_new_tokens`` within
+    ``config.max_length`` are dropped, and the rest repeated (in order) to make up ``n`` (PPO's and GRPO's
+    configs both say these)."""
     room = config.max_length - config.max_new_tokens
     fitting = [p for p in prompts if len(tokenizer(p)["input_ids"]) <= room]
     if not fitting:
