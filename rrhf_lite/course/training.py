@@ -23,7 +23,7 @@ from rrhf_lite.core.validation import (
     validate_preference_dataset,
     validate_rankings,
 )
-from rrhf_lite.course.scoring import reward_normalisation
+from rrhf_lite.course.scoring import proxy_scorer, reward_normalisation
 from rrhf_lite.course.sources import preference_data
 from rrhf_lite.course.stages import read_output
 from rrhf_lite.methods.dpo import train_dpo
@@ -119,10 +119,7 @@ def train_group_folder(profile, config: GRPOConfig, sft_dir: Path, reward_dir: P
     the reward model of ``reward_dir``, normalised on SFT samples as for PPO); saved in ``out``: ``adapter/`` and
     ``history.json``. ``gold_fn`` is only recorded."""
     policy, tokenizer = load_for_training(sft_dir / "model", profile, head="lm")
-    if reward_fn is None:
-        reward_model, reward_tokenizer = load_reward_model(sft_dir / "model", reward_dir / "adapter", profile)
-        reward_fn = normalised_scorer(reward_model, reward_tokenizer, read_output(reward_dir, "normalisation"),
-                                      profile.max_length)
+    reward_fn = proxy_scorer(profile, sft_dir, reward_dir) if reward_fn is None else reward_fn
     history = train_grpo(policy, tokenizer, reward_fn, prompts, config, gold_fn=gold_fn, checkpoint_dir=ckpt,
                          progress=progress)
     save_run(out, policy, tokenizer, history, method=config.method)
