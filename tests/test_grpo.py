@@ -70,6 +70,23 @@ def test_a_group_of_equal_rewards_teaches_nothing(saved_model, method):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
 
 
+def test_rloo_takes_one_step_per_rollout_however_it_is_chunked(saved_model):
+    """RLOO's one step per rollout (the paper) is the same step whether its gradient is summed over two forward passes
+    of 2 prompts or taken in one of 4; GRPO with 2 prompts per step takes two steps."""
+    weights, steps = {}, {}
+    for method, per_step in (("rloo", 2), ("rloo", 4), ("grpo", 2)):
+        model, tokenizer = policy(saved_model)
+        history = train_grpo(model, tokenizer, shorter_is_better, PROMPTS,
+                             config(method=method, iterations=1, prompts_per_step=per_step), progress=False)
+        weights[method, per_step] = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        steps[method, per_step] = history[0]
+    for a, b in zip(weights["rloo", 2], weights["rloo", 4]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert steps["rloo", 2]["loss"] == pytest.approx(steps["rloo", 4]["loss"], abs=1e-5)
+    assert steps["rloo", 2]["grad_norm"] == pytest.approx(steps["rloo", 4]["grad_norm"], rel=1e-4)
+    assert not all(torch.equal(a, b) for a, b in zip(weights["grpo", 2], weights["rloo", 2]))
+
+
 def test_a_killed_run_resumes_to_the_same_numbers(saved_model, tmp_path, monkeypatch):
     cfg = config(iterations=3, checkpoint_every=1)
     model, tokenizer = policy(saved_model)
@@ -107,7 +124,7 @@ def test_the_course_trains_them_against_its_reward_model_and_saves_them(stages, 
     profile = get_profile("tiny", **SMALL, max_new_tokens=8, grpo_iterations=2, grpo_prompts_per_iteration=4,
                           grpo_prompts_per_step=2)
     config = profile.grpo_config(method)
-    assert config.method == method and config.prompts_per_step == (4 if method == "rloo" else 2)
+    assert config.method == method and config.prompts_per_step == 2
     history = train_group_folder(profile, config, *stages, tmp_path / "out", None, PROMPTS, progress=False)
     assert len(history) == 2 and history[0]["kl"] == pytest.approx(0.0, abs=1e-4)
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()

@@ -28,15 +28,16 @@ STAGES = {
     "pro": lambda profile, force: pipeline.method_stage(profile, "pro", force=force),
     **{f"dpo-{data}": (lambda profile, force, data=data: pipeline.method_stage(profile, "dpo", data, force=force))
        for data in pipeline.DPO_DATA},
+    "simpo": lambda profile, force: pipeline.method_stage(profile, "simpo", force=force),
     "ppo": lambda profile, force: pipeline.method_stage(profile, "ppo", force=force),
     # GRPO and RLOO on the reward model, and GRPO on the gold judge (a verifiable reward on the tiny world)
     "grpo": lambda profile, force: pipeline.method_stage(profile, "grpo", force=force),
     "rloo": lambda profile, force: pipeline.method_stage(profile, "rloo", force=force),
     "grpo-gold": lambda profile, force: pipeline.method_stage(profile, "grpo", "gold", force=force),
-    # lesson 08's PPO runs with fixed KL coefficients (profiles.weak_kl_profile), the weakest last: its folder
+    # lesson 09's PPO runs with fixed KL coefficients (profiles.weak_kl_profile), the weakest last: its folder
     "ppo-sweep": lambda profile, force: [pipeline.method_stage(weak_kl_profile(profile, beta), "ppo", force=force)
                                          for beta in profile.overopt_kl_coefs][-1],
-    # the weakest of them measured on held-out prompts at its snapshots (lesson 08)
+    # the weakest of them measured on held-out prompts at its snapshots (lesson 09)
     "ppo-trajectory": pipeline.trajectory_stage,
     "online": pipeline.online_stage,
 }

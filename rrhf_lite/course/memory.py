@@ -19,8 +19,9 @@ what a step of each stage keeps at its peak, for the worst case of every sequenc
                  end of the forward pass (:data:`rrhf_lite.core.logprobs.LOGIT_CHUNK_ELEMENTS` float32 logits, two alive
                  at once, and the gradient it forms per response position, replies taken as half of every
                  sequence); with checkpointing, the layer being recomputed in the backward pass and the gradients
-                 flowing through it; in PPO, a rollout (the key/value cache of prompts and replies, a step's logits)
-    reward model PPO: a second copy of the base (4-bit) under the reward model's frozen adapter
+                 flowing through it; in PPO, GRPO and RLOO, a rollout (the key/value cache of prompts and replies, a
+                 step's logits)
+    reward model PPO, GRPO, RLOO: a second copy of the base (4-bit) under the reward model's frozen adapter
 
 What it leaves out: the CUDA context (≈ 0.3-0.5 GB on a GPU, reported by ``nvidia-smi`` but not by torch), allocator
 fragmentation, and temporaries of single kernels. ``benchmarks/bench_memory.py`` compares the estimate with what a
@@ -40,7 +41,8 @@ from rrhf_lite.course.sources import is_tiny_world
 GIB = 1024**3
 NF4_BYTES = 0.5 + 0.127 / 8  # 4 bits per weight + double-quantised constants (QLoRA: 0.127 bits per parameter)
 ADAPTER_BYTES = 16  # float32 weight + gradient + AdamW's exp_avg and exp_avg_sq
-STAGES = ("sft", "reward", "dpo", "rrhf", "pro", "ppo")
+STAGES = ("sft", "reward", "dpo", "rrhf", "pro", "ppo", "grpo", "rloo")
+ROLLOUT_STAGES = ("ppo", "grpo", "rloo")  # they sample while they train, and score with a second model
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def dtype_bytes(profile) -> int:
 
 
 def sequences_per_step(profile, stage: str) -> int:
-    """Sequences in one forward pass of ``stage``'s training step (PPO: one update minibatch)."""
+    """Sequences in one forward pass of ``stage``'s training step (PPO: one update minibatch; GRPO, RLOO: the groups
+    of ``grpo_prompts_per_step`` prompts)."""
     if stage == "sft":
         return profile.sft_batch_size
     if stage == "reward":
@@ -89,6 +92,8 @@ def sequences_per_step(profile, stage: str) -> int:
         return profile.ranking_batch_size * (profile.samples_per_prompt + profile.base_samples_per_prompt + experts)
     if stage == "ppo":
         return profile.ppo_minibatch_size
+    if stage in ("grpo", "rloo"):  # whole groups (RLOO: one forward pass of them; a step sums several)
+        return profile.grpo_prompts_per_step * profile.grpo_group_size
     raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 
 
@@ -186,9 +191,9 @@ class MemoryEstimate:
 
 
 def estimate_memory(profile, config, stage: str) -> MemoryEstimate:
-    """Estimated peak memory of one training step of ``stage`` ("sft", "reward", "dpo", "rrhf", "pro" or "ppo") for
-    ``profile`` on a base model with transformers ``config`` (``AutoConfig.from_pretrained(base)``), every sequence
-    ``max_length`` tokens long. PPO's peak is the larger of a rollout and an update step."""
+    """Estimated peak memory of one training step of ``stage`` (one of :data:`STAGES`) for ``profile`` on a base model
+    with transformers ``config`` (``AutoConfig.from_pretrained(base)``), every sequence ``max_length`` tokens long.
+    The peak of PPO, GRPO and RLOO is the larger of a rollout and an update step."""
     shapes = Shapes.from_config(config)
     sequences = sequences_per_step(profile, stage)
     tokens = sequences * profile.max_length
@@ -200,10 +205,13 @@ def estimate_memory(profile, config, stage: str) -> MemoryEstimate:
         transients["recomputed layer"] = recompute_bytes(shapes, profile, tokens)
     if stage == "ppo":
         transients["generation"] = generation_bytes(shapes, profile, profile.ppo_rollout_prompts)
+    if stage in ("grpo", "rloo"):  # a rollout samples group_size replies per prompt, generation_batch_size at once
+        rollout = profile.grpo_prompts_per_iteration * profile.grpo_group_size
+        transients["generation"] = generation_bytes(shapes, profile, min(rollout, profile.generation_batch_size))
     largest = max(transients, key=transients.get)
     parts = {"weights": weight_bytes(shapes, profile), "adapters": float(ADAPTER_BYTES * adapters),
              "activations": kept_activation_bytes(shapes, profile, tokens), largest: transients[largest]}
-    if stage == "ppo":
+    if stage in ROLLOUT_STAGES:  # the reward model (or on real profiles, trained on gold, the judge: as large)
         parts["reward model"] = weight_bytes(shapes, profile) + 4.0 * adapters
     return MemoryEstimate(stage, sequences, tokens, parts)
 

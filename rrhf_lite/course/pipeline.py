@@ -79,6 +79,7 @@ METHOD_FIELDS = {
     "rrhf": EVAL_FIELDS + ("model_config", "rrhf_config"),
     "pro": EVAL_FIELDS + ("model_config", "pro_config", "pro_ranking_length"),
     "dpo": EVAL_FIELDS + ("model_config", "dpo_config", "ppl_quantile", "sample_prompts"),
+    "simpo": EVAL_FIELDS + ("model_config", "simpo_config", "ppl_quantile", "sample_prompts"),
     "ppo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "ppo_config", "ppo_value_init"),
     "grpo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "grpo_config"),
     "rloo": EVAL_FIELDS + REWARD_FIELDS + ("model_config", "rloo_config"),
@@ -99,6 +100,7 @@ STAGE_CODE = {
     "rrhf": ("methods.ranking", *SCORING_CODE),
     "pro": ("methods.ranking", *SCORING_CODE),
     "dpo": ("methods.dpo", "methods.candidates", *SCORING_CODE),
+    "simpo": ("methods.dpo", "methods.candidates", *SCORING_CODE),
     "ppo": ("methods.ppo", *SCORING_CODE),
     "grpo": ("methods.grpo", *SCORING_CODE),
     "rloo": ("methods.grpo", *SCORING_CODE),
@@ -250,20 +252,20 @@ def training_profile(profile):
 
 
 def method_stage(profile, method: str, data: str = "pairs", force: bool = False) -> Path:
-    """Train and evaluate ``method`` ("rrhf", "pro", "dpo", "ppo", "grpo" or "rloo") from the SFT model; returns the
-    stage folder.
+    """Train and evaluate ``method`` ("rrhf", "pro", "dpo", "simpo", "ppo", "grpo" or "rloo") from the SFT model;
+    returns the stage folder.
 
     The folder holds ``adapter/`` (LoRA weights), ``history.json`` (training curves), ``cost.json`` (training wall
     time, peak memory, trainable parameters) and ``eval.json`` (gold and proxy
     reward, KL to the SFT model and win rate on held-out prompts, with the replies). ``data`` picks DPO's
-    pairs (see :func:`dpo_pairs`); RRHF and PRO train on the rankings of stage 03; PPO samples its own replies and
-    scores them with the reward model of stage 02; so do GRPO and RLOO (``data="proxy"``), or with the gold judge
-    (``data="gold"``, :data:`GROUP_REWARDS`).
+    pairs (see :func:`dpo_pairs`; SimPO is DPO's trainer with ``profile.simpo_config()`` on the same pairs); RRHF and
+    PRO train on the rankings of stage 03; PPO samples its own replies and scores them with the reward model of stage
+    02; so do GRPO and RLOO (``data="proxy"``), or with the gold judge (``data="gold"``, :data:`GROUP_REWARDS`).
     """
     if method not in METHOD_FIELDS:
         raise ValueError(f"method must be one of {sorted(METHOD_FIELDS)}, got {method!r}")
     if method in ("grpo", "rloo") and data == "pairs":
-        data = "proxy"  # the default of every method: what lesson 08's table compares
+        data = "proxy"  # the default of every method: what lesson 09's table compares
     sft, samples = sft_stage(profile), samples_stage(profile)
     trained = training_profile(profile)
 
@@ -287,18 +289,21 @@ def method_stage(profile, method: str, data: str = "pairs", force: bool = False)
         # RRHF, PRO and DPO train on lesson 03's samples, but for DPO on the labellers' pairs
         own_samples = not (method == "dpo" and data == "labels")
         with sampled_replies() if own_samples else contextlib.nullcontext():
-            if method == "dpo":
+            if method in ("dpo", "simpo"):
                 train_data = dpo_pairs(profile, data)
             else:
                 train_data = load_samples(profile, "rankings")
                 if method == "pro" and profile.pro_ranking_length:
                     train_data = shorten_rankings(train_data, profile.pro_ranking_length)
-            train_folder(trained, method, sft / "model", train_data, out, ckpt)
+            if method == "simpo":
+                train_folder(trained, "dpo", sft / "model", train_data, out, ckpt, config=trained.simpo_config())
+            else:
+                train_folder(trained, method, sft / "model", train_data, out, ckpt)
 
     def evaluate_fn(out: Path) -> None:
         (out / "eval.json").write_text(json.dumps(evaluate_adapter(profile, out / "adapter"), indent=1))
 
-    name = f"dpo-{data}" if method == "dpo" else f"{method}-gold" if data == "gold" else method
+    name = f"{method}-{data}" if method in ("dpo", "simpo") else f"{method}-gold" if data == "gold" else method
     return _build_with_checkpoints(name, profile, METHOD_FIELDS[method], [sft, samples], train_fn, force,
                                    evaluate_fn, code=STAGE_CODE[method])
 
@@ -341,7 +346,7 @@ def online_stage(profile, force: bool = False) -> Path:
             run_round(profile, method=method, sft_model=sft / "model", policy_adapter=first / "adapter",
                       rankings=load_samples(profile, "rankings"),
                       old_pairs=preference_data(profile, "train", profile.rm_pairs), old_reward=reward, gold_fn=gold_fn,
-                      # held-out accuracy once, at the end: lesson 08 shows that one (the curve is lesson 02's)
+                      # held-out accuracy once, at the end: lesson 09 shows that one (the curve is lesson 02's)
                       train_reward=lambda pairs, folder, checkpoints: train_reward_folder(
                           profile, sft, pairs, folder, checkpoints, eval_every=profile.rm_steps),
                       train_method=lambda rankings, folder, checkpoints: train_folder(
@@ -378,7 +383,7 @@ def trajectory_stage(profile, force: bool = False) -> Path:
     A rollout's own numbers (``history.json``) are 64 training prompts, one reply each, from a policy that is
     changing; a snapshot's are ``eval_prompts`` held-out prompts with fresh samples, and keep the per-reply values
     for intervals. ``trajectory.json`` holds one point per snapshot (``iteration``, ``report``, ``per_reply``), the
-    SFT model first as iteration 0 (KL exactly 0). Lesson 08 fits reward against sqrt(KL) on these points (Bai et al.
+    SFT model first as iteration 0 (KL exactly 0). Lesson 09 fits reward against sqrt(KL) on these points (Bai et al.
     2022) and follows the gold and proxy reward along the run.
     """
     weak = weak_kl_profile(profile)

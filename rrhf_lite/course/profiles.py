@@ -143,7 +143,9 @@ class Profile:
     dpo_beta: float = 0.1  # strength of the implicit KL constraint: small beta lets the policy move further
     dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" (Azar et al. 2023) or "simpo" (Meng et al. 2024)
     dpo_label_smoothing: float = 0.0  # assumed label-flip rate (conservative DPO); 0 = plain DPO
-    dpo_simpo_gamma: float = 1.0  # SimPO only (dpo_loss_type="simpo"): target margin; the paper: beta 2, gamma 1
+    # SimPO (Meng et al. 2024), trained by the DPO trainer (loss_type="simpo") on DPO's pairs, with DPO's other settings
+    simpo_beta: float = 2.0  # scale of the length-normalised log-probs (the paper: 2 to 2.5)
+    simpo_gamma: float = 1.0  # target margin (the paper: gamma / beta about 0.5)
 
     # --- PPO (notebook 07): one base model, adapters for the rest ------------------------------------
     ppo_iterations: int = 40  # rounds of (sample a rollout, score it, epochs of updates)
@@ -171,7 +173,8 @@ class Profile:
     grpo_prompts_per_iteration: int = 16  # training prompts per rollout
     grpo_group_size: int = 4  # replies per prompt (GRPO's G, RLOO's k)
     grpo_epochs: int = 1  # GRPO: passes over each rollout
-    grpo_prompts_per_step: int = 4  # GRPO: prompts (whole groups) per gradient step; RLOO takes one step per rollout
+    grpo_prompts_per_step: int = 4  # GRPO: prompts (whole groups) per gradient step; RLOO: per forward pass (one step
+    # per rollout, its gradient summed over the passes)
     grpo_lr: float = 5e-4  # peak learning rate of the LoRA adapters, decaying linearly to 0 (PPO's)
     grpo_beta: float = 0.04  # GRPO: weight of the k3 KL term in the loss (the paper's 0.04)
     grpo_clip_range: float = 0.2  # GRPO: epsilon of the clipped ratio
@@ -179,8 +182,8 @@ class Profile:
     grpo_normalisation: str = "per_reply"  # GRPO: "per_reply" token means (the paper) or "constant" (Dr. GRPO)
     rloo_beta: float = 0.05  # RLOO: KL penalty folded into each reply's reward, r - beta * KL (the paper's 0.05)
 
-    # --- side by side (notebook 08): over-optimisation and one online round ---------------------------
-    overopt_kl_coefs: tuple[float, ...] = (0.1, 0.02)  # fixed betas of lesson 08's sweep; the last: "PPO, weak KL"
+    # --- side by side (notebook 09): over-optimisation and one online round ---------------------------
+    overopt_kl_coefs: tuple[float, ...] = (0.1, 0.02)  # fixed betas of lesson 09's sweep; the last: "PPO, weak KL"
     overopt_snapshot_every: int = 8  # the weak-KL run's adapter is kept every this many iterations (held-out points)
     online_method: str = "rrhf"  # the aligned policy that samples the online round's comparisons, trained again
     online_samples_per_prompt: int = 2  # replies it samples per training prompt: one fresh labelled pair each
@@ -237,7 +240,12 @@ class Profile:
 
     def dpo_config(self) -> DPOConfig:
         return DPOConfig(**self._loop("dpo", 5), lr=self.dpo_lr, beta=self.dpo_beta, loss_type=self.dpo_loss_type,
-                         label_smoothing=self.dpo_label_smoothing, simpo_gamma=self.dpo_simpo_gamma)
+                         label_smoothing=self.dpo_label_smoothing, simpo_gamma=self.simpo_gamma)
+
+    def simpo_config(self) -> DPOConfig:
+        """SimPO's config: DPO's (:meth:`dpo_config`) with ``loss_type="simpo"``, ``simpo_beta`` and ``simpo_gamma``."""
+        return dataclasses.replace(self.dpo_config(), loss_type="simpo", beta=self.simpo_beta,
+                                   simpo_gamma=self.simpo_gamma)
 
     def ppo_config(self) -> PPOConfig:
         """PPO's config: the ``ppo_*`` fields without their prefix, and the sampling and loop fields it shares."""
@@ -251,7 +259,7 @@ class Profile:
         fields without their prefix, and the sampling and loop fields it shares with PPO."""
         own = self._prefixed(GRPOConfig, "grpo")
         if method == "rloo":
-            own.update(beta=self.rloo_beta, prompts_per_step=self.grpo_prompts_per_iteration, epochs=1)
+            own.update(beta=self.rloo_beta, epochs=1)
         return GRPOConfig(**own, method=method, no_eos_penalty=self.ppo_no_eos_penalty,
                           temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
                           max_length=self.max_length, generation_batch_size=self.generation_batch_size,
@@ -390,7 +398,7 @@ PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profil
 
 def weak_kl_profile(profile: Profile, kl_coef: float | None = None) -> Profile:
     """The same PPO with only its KL term changed: a fixed coefficient ``kl_coef`` (one of ``overopt_kl_coefs``; by
-    default the last and weakest, the run that over-optimises the proxy in lesson 08) instead of lesson 07's adaptive
+    default the last and weakest, the run that over-optimises the proxy in lesson 09) instead of lesson 07's adaptive
     one. The weakest run's adapter is also kept every ``overopt_snapshot_every`` iterations."""
     weakest = profile.overopt_kl_coefs[-1]
     kl_coef = weakest if kl_coef is None else kl_coef

@@ -10,7 +10,8 @@ DPO needs log-probs of each chosen and rejected reply under two models: the poli
 * Chosen and rejected replies go through the model in one forward pass: the collator stacks all chosen replies,
   then all rejected ones, and the step splits the log-prob sums in two.
 
-The loss itself is :func:`rrhf_lite.core.losses.dpo_loss` (sigmoid DPO or IPO).
+The loss itself is :func:`rrhf_lite.core.losses.dpo_loss`: sigmoid DPO, IPO, or SimPO (Meng et al. 2024: no
+reference, each reply scored by its mean token log-prob as RRHF scores it, and a target margin).
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ def add_reference_logprobs(model, rows: list[dict], pad_token_id: int, batch_siz
 
 def dpo_step(model, batch: dict, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
              simpo_gamma: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """One DPO step: one forward pass for chosen and rejected, then :func:`dpo_loss` against the cached reference."""
+    """One DPO step: one forward pass for chosen and rejected, then :func:`dpo_loss` against the cached reference
+    (SimPO: none)."""
     lp = sequence_logprobs(model, batch)
     chosen, rejected = lp.sum.chunk(2)
     chosen_len, rejected_len = lp.count.chunk(2)
-    out = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta=beta, loss_type=loss_type,
+    out = dpo_loss(chosen, rejected, batch.get("ref_chosen"), batch.get("ref_rejected"), beta=beta, loss_type=loss_type,
                    label_smoothing=label_smoothing, chosen_lengths=chosen_len, rejected_lengths=rejected_len,
                    simpo_gamma=simpo_gamma)
     margin = out.chosen_rewards - out.rejected_rewards
@@ -99,12 +101,13 @@ def train_dpo(model, tokenizer, pairs, config: DPOConfig = DPOConfig(), *, check
 
     ``model`` is the policy with *fresh* LoRA adapters (e.g. from :func:`rrhf_lite.core.models.load_for_training`):
     before the first step it is the reference, whose log-probs are computed once here and cached with the pairs (SimPO,
-    ``loss_type="simpo"``, has no reference and ignores them). It is trained in place. The pairs are checked first
+    ``loss_type="simpo"``, has no reference: none are computed). It is trained in place. The pairs are checked first
     (:func:`rrhf_lite.core.validation.validate_preference_dataset`; empty replies are kept, with a warning).
     """
     validate_preference_dataset(pairs, allow_empty_responses=True)
     rows = tokenize_preferences(tokenizer, pairs, config.max_length)
-    add_reference_logprobs(model, rows, tokenizer.pad_token_id)  # fresh adapters: the model is the reference
+    if config.loss_type != "simpo":  # SimPO has no reference
+        add_reference_logprobs(model, rows, tokenizer.pad_token_id)  # fresh adapters: the model is the reference
     batches = config.shuffled(rows, functools.partial(collate_preferences, pad_token_id=tokenizer.pad_token_id))
     step = functools.partial(dpo_step, beta=config.beta, loss_type=config.loss_type,
                              label_smoothing=config.label_smoothing, simpo_gamma=config.simpo_gamma)

@@ -12,8 +12,8 @@ turn its k rewards into policy-gradient weights, so they need no value head:
   correct and long wrong replies.
 * **RLOO** (Ahmadian et al. 2024): the whole reply is one action; REINFORCE with the mean reward of the *other* k - 1
   replies as the baseline, and the KL penalty folded into each reply's reward, ``R = r - beta * KL``
-  (:func:`rrhf_lite.core.losses.rloo_loss`). One gradient step per rollout, as in the paper, unless
-  ``prompts_per_step`` asks for several smaller ones.
+  (:func:`rrhf_lite.core.losses.rloo_loss`). One gradient step per rollout, as in the paper; its gradient is summed
+  over forward passes of ``prompts_per_step`` prompts, so that a large rollout fits in memory.
 
 Both use one base model: the policy is a causal LM with LoRA adapters, the reference the same model with its adapters
 switched off (``model.disable_adapter()``), as PPO does (:mod:`rrhf_lite.methods.ppo`, whose rollout details they
@@ -54,7 +54,7 @@ class GRPOConfig:
     prompts_per_iteration: int = 16  # prompts per rollout; each gets group_size replies
     group_size: int = 4  # replies per prompt (G in GRPO, k in RLOO)
     epochs: int = 1  # GRPO: passes over each rollout (1: the ratio is 1 at the first step, the clip a safeguard)
-    prompts_per_step: int = 4  # prompts (with all their replies) per gradient step
+    prompts_per_step: int = 4  # GRPO: prompts (with all their replies) per gradient step; RLOO: per forward pass
     lr: float = 5e-4  # peak learning rate of the LoRA adapters (decays linearly to 0 over the run)
     beta: float = 0.04  # KL coefficient: GRPO's loss term (the paper: 0.04), RLOO's reward penalty
     clip_range: float = 0.2  # GRPO: epsilon of the clipped ratio
@@ -135,11 +135,6 @@ def group_step(model, rollout: GroupRollout, advantages: torch.Tensor, rows: tor
     return loss, {}
 
 
-def _stop(where: str, what: str, value: float) -> FloatingPointError:
-    return FloatingPointError(f"{where}: {what} is {value}; stopped before the weights were changed (the last "
-                              f"checkpoint is kept; lower the learning rate, or check the rewards)")
-
-
 def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConfig = GRPOConfig(), *, gold_fn=None,
                checkpoint_dir=None, progress: bool = True) -> list[dict]:
     """Train ``model`` (a causal LM with fresh LoRA adapters; the adapters switched off are the reference) with GRPO
@@ -184,15 +179,28 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(config.epochs if config.method == "grpo" else 1):
             order = torch.randperm(n, generator=generator)  # whole groups, shuffled
-            for group_ids in order.split(config.prompts_per_step):
-                rows = (group_ids[:, None] * config.group_size + torch.arange(config.group_size)).reshape(-1)
-                loss, metrics = group_step(model, rollout, advantages, rows, config)
+            chunks = order.split(config.prompts_per_step)
+            # GRPO: one optimiser step per chunk. RLOO: one step per rollout (the paper), its gradient summed over the
+            # chunks, each chunk's mean loss weighted by its share of the groups (memory, not the maths, chunks it)
+            steps = [[c] for c in chunks] if config.method == "grpo" else [list(chunks)]
+            for step_chunks in steps:
                 optimizer.zero_grad(set_to_none=True)
-                grad_norm = guarded_step(loss, params, optimizer, max_grad_norm=config.max_grad_norm,
-                                         stop=functools.partial(update_stopped, f"iteration {iteration + 1} "
-                                                                f"(epoch {epoch + 1})", method=config.method.upper()))
-                for key, value in {"loss": loss, "grad_norm": grad_norm, **metrics}.items():
-                    logged.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
+                stop = functools.partial(update_stopped, f"iteration {iteration + 1} (epoch {epoch + 1})",
+                                         method=config.method.upper())
+                for k, group_ids in enumerate(step_chunks):
+                    rows = (group_ids[:, None] * config.group_size + torch.arange(config.group_size)).reshape(-1)
+                    loss, metrics = group_step(model, rollout, advantages, rows, config)
+                    for key, value in {"loss": loss, **metrics}.items():
+                        logged.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
+                    weighted = loss * len(group_ids) / sum(len(c) for c in step_chunks)
+                    if k < len(step_chunks) - 1:  # accumulate; the last chunk's call checks, clips and steps
+                        if not torch.isfinite(loss):
+                            raise stop("the loss", loss.item())
+                        weighted.backward()
+                        continue
+                    grad_norm = guarded_step(weighted, params, optimizer, max_grad_norm=config.max_grad_norm,
+                                             stop=stop)
+                logged.setdefault("grad_norm", []).append(grad_norm)
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         model.eval()
