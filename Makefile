@@ -1,7 +1,7 @@
 # rrhf-lite: two commands on a fresh machine.
 #   make main   installs into .venv, then runs every lesson notebook on the tiny profile
 #               (executed copies in runs/tiny/notebooks/, figures in runs/tiny/figures/, the side-by-side
-#               results table of lesson 08 in runs/tiny/results.csv and results.json)
+#               results table of lesson 09 in runs/tiny/results.csv and results.json)
 #   make test   installs into .venv if needed, then runs the unit tests and executes every notebook
 #   make site   (optional, after make main) the executed lessons as a static website: runs/tiny/site/index.html
 #
@@ -44,17 +44,18 @@ lock:
 	@echo "wrote $(LOCK): now run make test, then commit it"
 
 # Lessons 00-03 each build on the one before (base model -> SFT -> reward model -> samples): one at a time, all
-# cores. Lessons 04-08 only share what 00-03 built. On the tiny profile two processes then run at once, with one torch
+# cores. Lessons 04-09 only share what 00-03 built. On the tiny profile two processes then run at once, with one torch
 # thread each (these small models keep one thread busy but not two: one lesson on two threads does ~0.7x the work of
-# two lessons on one each): lessons 07, 06, 05, 04 and 08 one after the other, and beside them
-# python -m rrhf_lite.course.build builds one of lesson 06's DPO runs and the stages that only lesson 08 needs (its KL
-# sweep of PPO runs, the weak-KL run's held-out snapshots, RRHF and its online round) into the same stage cache. The
+# two lessons on one each): lessons 08, 07, 06, 05, 04 and 09 one after the other, and beside them
+# python -m rrhf_lite.course.build builds lesson 08's GRPO on the gold reward, one of lesson 06's DPO runs and the
+# stages that only lesson 09 needs (its KL sweep of PPO runs, the weak-KL run's held-out snapshots, RRHF and its online
+# round) into the same stage cache. The
 # two sides hold about the same work. A lesson that asks for a stage the builder is training waits for it and loads it
 # (the stage's lock, stages.py), and builds itself one the builder has not begun: every stage is built once. The
 # builder's log: runs/<profile>/notebooks/build.log.
 # tools/run_lessons.py executes a series of lessons as nbconvert --execute does, but in one kernel that imports the
 # libraries once and is reset to a fresh kernel's state before each lesson (~12 s saved per lesson); make test still
-# runs every lesson in a kernel of its own. The kernel of lessons 04-08 starts (and imports) beside lessons 00-03's, and
+# runs every lesson in a kernel of its own. The kernel of lessons 04-09 starts (and imports) beside lessons 00-03's, and
 # waits for them to finish.
 # On a GPU profile one lesson at a time (JOBS=1): two processes would hold two models in the GPU's memory.
 JOBS ?= $(if $(filter tiny,$(PROFILE)),2,1)
@@ -67,14 +68,15 @@ PHASE_1_DONE := $(NOTEBOOKS)/.lessons-00-03-done
 main: install
 ifeq ($(JOBS),1)
 	$(LESSONS) notebooks/0[0-3]_*.ipynb
-	$(LESSONS) notebooks/0[4-8]_*.ipynb
+	$(LESSONS) notebooks/0[4-9]_*.ipynb
 else
 	@mkdir -p $(NOTEBOOKS) && rm -f $(PHASE_1_DONE)
-	OMP_NUM_THREADS=1 $(LESSONS) --after $(PHASE_1_DONE) $$(ls notebooks/0[4-7]_*.ipynb | sort -r) \
-	  notebooks/08_side_by_side.ipynb & lessons=$$!; \
+	OMP_NUM_THREADS=1 $(LESSONS) --after $(PHASE_1_DONE) $$(ls notebooks/0[4-8]_*.ipynb | sort -r) \
+	  notebooks/09_side_by_side.ipynb & lessons=$$!; \
 	  $(LESSONS) notebooks/0[0-3]_*.ipynb || { kill $$lessons; exit 1; }; \
-	  echo "building stages for lessons 06 and 08 in the background (log: $(BUILD_LOG))"; \
-	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.course.build ppo-sweep ppo-trajectory dpo-random rrhf online \
+	  echo "building stages for lessons 06, 08 and 09 in the background (log: $(BUILD_LOG))"; \
+	  OMP_NUM_THREADS=1 RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.course.build grpo-gold ppo-sweep ppo-trajectory \
+	  dpo-random rrhf online \
 	  > $(BUILD_LOG) 2>&1 & build=$$!; \
 	  touch $(PHASE_1_DONE); \
 	  wait $$lessons || { kill $$build; exit 1; }; \
@@ -102,7 +104,7 @@ test-unit: install
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -m "not course" tests
 
 # Every method trained with SEEDS training seeds on the same SFT and reward model: means and intervals over seeds,
-# and which differences between methods are larger than their intervals (runs/$(PROFILE)/study.json; lesson 08 shows it).
+# and which differences between methods are larger than their intervals (runs/$(PROFILE)/study.json; lesson 09 shows it).
 SEEDS ?= 3
 study: install
 	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.course.study --seeds $(SEEDS)

@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(items):
     """Order the suite for two workers that take one test at a time (``--maxschedchunk 1`` in the Makefile).
 
     The tiny profile's stages are the long pole: ``test_compare``'s table test builds the chain base -> SFT -> reward
-    model -> samples and the stages only it and lesson 08 need, so it goes first, on one worker. The other worker
+    model -> samples and the stages only it and lesson 09 need, so it goes first, on one worker. The other worker
     meanwhile runs what needs none of those stages: the real track's rehearsal (its lessons, the install and study
     tests), then the unit tests. By then the chain is built, and it trains the four methods (``test_pipeline``) and
     runs the two tiny lessons that train most of their own (06's DPO data sets and beta sweep, 05's second PRO), so
@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(items):
     """
     heavy_lessons = ("test_lesson[tiny-06_dpo]", "test_lesson[tiny-05_pro]")
     needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-",
-                         "test_lesson_08s_overoptimisation_check")
+                         "test_lesson_09s_overoptimisation_check")
 
     def rank(item) -> int:
         if item.nodeid.endswith("test_results_table_on_the_tiny_profile"):

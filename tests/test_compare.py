@@ -1,4 +1,4 @@
-"""Lesson 08's pieces: the results table, best-of-n rows, over-optimisation and the online round's helpers.
+"""Lesson 09's pieces: the results table, best-of-n rows, over-optimisation and the online round's helpers.
 
 The unit tests use small hand-made inputs with known answers; the last test builds the real table from the tiny
 profile's stage cache (shared with the notebooks) and checks its shape and sanity.
@@ -117,15 +117,15 @@ def test_the_peak_is_the_policy_the_fitted_curve_puts_highest():
 def test_results_table_on_the_tiny_profile(tmp_path):
     """The real table, from the shared stage cache: every method present, sane numbers, saved and read back."""
     profile = get_profile("tiny")
-    # The stages that only this table and lesson 08 need, first, built as make main builds them beside lessons 04-07:
+    # The stages that only this table and lesson 09 need, first, built as make main builds them beside lessons 04-07:
     # meanwhile the other pytest worker builds the methods that tests/test_pipeline.py asks for (RRHF, PRO, DPO, PPO),
-    # so the two workers build different stages. Lesson 08 then finds them under the keys it asks for.
-    built = build.main(["rrhf", "online", "ppo-sweep", "ppo-trajectory", "--profile", "tiny"])
+    # so the two workers build different stages. Lesson 09 then finds them under the keys it asks for.
+    built = build.main(["rrhf", "online", "ppo-sweep", "ppo-trajectory", "grpo-gold", "--profile", "tiny"])
     assert built["online"] == str(pipeline.online_stage(profile))
     assert built["ppo-sweep"] == str(pipeline.method_stage(compare.weak_kl_profile(profile), "ppo"))
     table = compare.results_table(profile)
-    expected = {"SFT", "RRHF", "PRO", "DPO", "PPO", "PPO, fixed KL 0.1", "PPO, weak KL", "RRHF, online round",
-                *(f"best-of-{n}" for n in profile.bon_table_n)}
+    expected = {"SFT", "RRHF", "PRO", "DPO", "SimPO", "PPO", "GRPO", "RLOO", "GRPO, gold reward", "PPO, fixed KL 0.1",
+                "PPO, weak KL", "RRHF, online round", *(f"best-of-{n}" for n in profile.bon_table_n)}
     assert set(table.index) == expected and list(table.columns) == list(compare.COLUMNS)
     assert table.loc["SFT", "kl"] == 0.0 and table.loc["SFT", "win_rate_vs_sft"] == 0.5
     assert (table["kl"] >= 0).all(), table["kl"]
@@ -160,10 +160,10 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     assert [row["method"] for row in json.loads(js.read_text())["rows"]] == list(table.index)
 
 
-def test_lesson_08s_overoptimisation_check_fails_when_the_sweep_stays_firm():
-    """Lesson 08's over-optimisation story rests on its KL sweep reaching past the gold peak. With one setting changed,
+def test_lesson_09s_overoptimisation_check_fails_when_the_sweep_stays_firm():
+    """Lesson 09's over-optimisation story rests on its KL sweep reaching past the gold peak. With one setting changed,
     a sweep whose loosest coefficient is nearly as firm as lesson 07's PPO (0.4 instead of 0.02), the same check that
-    lesson 08 runs (compare.check_overoptimisation) must fail, naming the sentence this run no longer supports (here
+    lesson 09 runs (compare.check_overoptimisation) must fail, naming the sentence this run no longer supports (here
     the first: no peak inside the sweep, since the gold reward never turns down)."""
     profile = get_profile("tiny", overopt_kl_coefs=(0.4,))
     with pytest.raises(ClaimNotShown, match="the lesson says: "):

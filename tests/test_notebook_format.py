@@ -9,8 +9,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 BADGE = "https://colab.research.google.com/github/rrhf-lite/rrhf-lite/blob/main/notebooks/{}"
 
 
-def test_there_are_nine_lessons():
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(9)]
+def test_there_are_ten_lessons():
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -63,15 +63,15 @@ def build_small_site(runs: Path) -> Path:
         "The loss, in the fonts lessons use: $\\mathcal{L} = -\\mathbb{E}[\\log \\sigma(\\beta\\,\\Delta)]$.",
         "import matplotlib.pyplot as plt\nplt.plot([0, 1, 2], [0, 1, 4])\nplt.title('gold reward')\nplt.show()",
         "print('sanity check: ln 2 =', round(__import__('math').log(2), 4))"])
-    lesson(notebooks / "08_side_by_side.ipynb", "08", "Side by side", [
+    lesson(notebooks / "09_side_by_side.ipynb", "09", "Side by side", [
         "import pandas as pd\npd.DataFrame({'gold_reward': [2.1, 3.0]}, index=['SFT', 'DPO'])"])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.plot([0, 1], [2, 3])
-    plt.savefig(figures / "08_frontier.png")
+    plt.savefig(figures / "09_frontier.png")
     plt.close()
-    # lesson 08's table, written by the function lesson 08 writes it with: SFT and one method, every column
+    # lesson 09's table, written by the function lesson 09 writes it with: SFT and one method, every column
     table = pd.DataFrame({column: [0.5, 1.0] for column in compare.COLUMNS}, index=pd.Index(["SFT", "DPO"],
                                                                                           name="method"))
     table.loc["DPO", ["gold_reward", "gold_reward_lo", "gold_reward_hi"]] = [3.0, 2.8, 3.2]
@@ -120,9 +120,9 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
     site = build_small_site(tmp_path)
     # the home page: the lesson map linking the pages, the frontier, the results table with intervals
     home = (site / "index.html").read_text()
-    assert "00_tiny_world.html" in home and "08_side_by_side.html" in home
-    assert "assets/08_frontier.png" in home and 'class="dataframe results"' in home
-    assert "3.00 [2.80, 3.20]" in home  # DPO's gold reward with its interval, as lesson 08 shows it
+    assert "00_tiny_world.html" in home and "09_side_by_side.html" in home
+    assert "assets/09_frontier.png" in home and 'class="dataframe results"' in home
+    assert "3.00 [2.80, 3.20]" in home  # DPO's gold reward with its interval, as lesson 09 shows it
     record = execution_record.tree_state()
     for page in ("index.html", "00_tiny_world.html"):  # every page says what it was built from
         assert f"Built from commit {record['commit'][:10]}" in (site / page).read_text()
@@ -141,7 +141,7 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
         page.wait_for_load_state("networkidle")  # the search worker loads after the page: leaving earlier aborts it
         nav = page.eval_on_selector_all("nav.md-nav--primary a.md-nav__link[href]", "links => links.map(a => a.href)")
         pages = list(dict.fromkeys(url.split("#")[0] for url in nav))
-        assert pages == [base + name for name in ("index.html", "00_tiny_world.html", "08_side_by_side.html")]
+        assert pages == [base + name for name in ("index.html", "00_tiny_world.html", "09_side_by_side.html")]
         def visit(url: str) -> None:
             page.goto(url)
             page.wait_for_load_state("networkidle")

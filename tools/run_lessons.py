@@ -110,7 +110,7 @@ def run(notebooks: list[Path], output_dir: Path, timeout: int, after: Path | Non
     """Execute ``notebooks`` in order into ``output_dir``; raises on the first lesson whose cell fails.
 
     ``after``: a file to wait for once the kernel is ready, before the first lesson (``make main`` starts the kernel of
-    lessons 04-08 while lessons 00-03 run, and lets it begin when they are done)."""
+    lessons 04-09 while lessons 00-03 run, and lets it begin when they are done)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     folders = {path.resolve().parent for path in notebooks}
     if len(folders) > 1:

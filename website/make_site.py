@@ -3,7 +3,7 @@
     make site          # after `make main`: runs/<profile>/site/index.html (open it, or serve the folder)
 
 It reads what ``make main`` wrote for the profile (``RRHF_LITE_PROFILE``, ``tiny`` by default) and builds a static
-site with MkDocs: a home page with the lesson map, the reward-KL frontier and lesson 08's results table, then one page
+site with MkDocs: a home page with the lesson map, the reward-KL frontier and lesson 09's results table, then one page
 per lesson with every output, each page linking its *Open in Colab* badge and its source on GitHub.
 
 Why MkDocs with mkdocs-jupyter: it renders the executed notebooks as they are (nbconvert, the Jupyter project's own
@@ -82,7 +82,7 @@ def lesson_map(readme: Path, lessons: list[str]) -> str:
 
 
 def results_table(results_csv: Path) -> str:
-    """Lesson 08's results table as HTML, as the lesson shows it: each measured value with its 95% interval."""
+    """Lesson 09's results table as HTML, as the lesson shows it: each measured value with its 95% interval."""
     table = pd.read_csv(results_csv, index_col="method")
     return with_intervals(table).round({"train_seconds": 1, "peak_memory_mb": 0}).to_html(classes="results", border=0)
 
@@ -126,7 +126,7 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, 
             f"[`{record['commit'][:10]}`]({GITHUB}/tree/{record['commit']}) on {record['date']}. Open a lesson "
             f"to read it; its *Open in Colab* badge runs it. The code: [{GITHUB}]({GITHUB}).", "",
             "## Lessons", "", lesson_map(REPO / "README.md", [n.name for n in notebooks]), ""]
-    frontier = outputs / "figures" / "08_frontier.png"
+    frontier = outputs / "figures" / "09_frontier.png"
     if frontier.exists():
         shutil.copy(frontier, docs / "assets" / frontier.name)
         home += ["## The reward-KL frontier", "",
@@ -134,7 +134,7 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, 
     results = outputs / "results.csv"
     if results.exists():
         home += ["## Every method side by side", "",
-                 "Lesson 08's results table: each measured value with its 95% bootstrap interval over held-out "
+                 "Lesson 09's results table: each measured value with its 95% bootstrap interval over held-out "
                  "prompts.", "", results_table(results), ""]
     (docs / "index.md").write_text("\n".join(home))
     return nav

@@ -1,4 +1,4 @@
-"""Every method side by side (lesson 08): one results table and the numbers behind the frontier plots.
+"""Every method side by side (lesson 09): one results table and the numbers behind the frontier plots.
 
 All methods start from the same SFT model and are measured the same way (:func:`pipeline.evaluate_adapter`):
 fresh samples at the sampling temperature on the same held-out prompts, judged by the proxy (the reward model of
@@ -44,7 +44,8 @@ COLUMNS = {
     "train_seconds": "wall time to train (best-of-n: to sample and score its n replies per held-out prompt)",
     "peak_memory_mb": "peak memory while training (RSS above the start on CPU; allocated memory on a GPU)",
     "trainable_parameters": "parameters the method updates (LoRA adapters, plus PPO's value head)",
-    "training_samples": "replies sampled from a model to train on (lesson 03's candidates, or PPO's rollouts)",
+    "training_samples": "replies sampled from a model to train on (lesson 03's candidates, or PPO's, GRPO's and "
+                        "RLOO's rollouts)",
     "samples_per_answer": "replies sampled at answer time for one answer",
 }
 # The measured columns, each with a 95% bootstrap interval over the distinct held-out prompts in <column>_lo and
@@ -60,8 +61,11 @@ for _column in PAIRED:
     COLUMNS[f"{_column}_vs_sft_lo"] = f"{_column}_vs_sft: lower end of its 95% bootstrap interval over held-out prompts"
     COLUMNS[f"{_column}_vs_sft_hi"] = f"{_column}_vs_sft: upper end of its 95% bootstrap interval over held-out prompts"
 COLUMNS["prompts"] = "distinct held-out prompts that every interval of the row rests on (each answered k times)"
-# (row name, method, data) of the trained methods, in the order of the lessons.
-TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("PPO", "ppo", "pairs"))
+# (row name, method, data) of the trained methods, in the order of the lessons: SimPO is lesson 06's, GRPO and RLOO
+# (on the reward model, and GRPO on the gold judge: a verifiable reward, where there is a judge) lesson 08's.
+TRAINED = (("RRHF", "rrhf", "pairs"), ("PRO", "pro", "pairs"), ("DPO", "dpo", "pairs"), ("SimPO", "simpo", "pairs"),
+           ("PPO", "ppo", "pairs"), ("GRPO", "grpo", "proxy"), ("RLOO", "rloo", "proxy"))
+VERIFIABLE = ("GRPO, gold reward", "grpo", "gold")
 
 
 def per_prompt(per_reply: dict | None, replies_per_prompt: int) -> dict[str, torch.Tensor]:
@@ -92,10 +96,13 @@ def policy_samples(profile, method: str, data: str = "pairs") -> int:
     """How many replies a method's training sampled from a model: its sampling budget.
 
     RRHF, PRO and DPO on the candidates of stage 03 use the SFT and base samples drawn there (the expert replies
-    are not sampled); DPO on labellers' pairs samples nothing; PPO samples one reply per prompt per rollout.
+    are not sampled); DPO on labellers' pairs samples nothing; PPO samples one reply per prompt per rollout, GRPO and
+    RLOO a group of replies per prompt.
     """
     if method == "ppo":
         return profile.ppo_iterations * profile.ppo_rollout_prompts
+    if method in ("grpo", "rloo"):
+        return profile.grpo_iterations * profile.grpo_prompts_per_iteration * profile.grpo_group_size
     if method == "dpo" and data == "labels":
         return 0
     return profile.sample_prompts * (profile.samples_per_prompt + profile.base_samples_per_prompt)
@@ -187,7 +194,8 @@ def best_of_n_rows(profile) -> list[dict]:
 def trained_policies(profile, *, weak_kl: bool = True, online: bool | None = None) -> list[tuple]:
     """The trained rows of the results table: ``(name, stage folder, profile, method, data)`` each."""
     online = has_gold(profile) if online is None else online
-    policies = [(name, method_stage(profile, method, data), profile, method, data) for name, method, data in TRAINED]
+    trained = TRAINED + ((VERIFIABLE,) if has_gold(profile) else ())
+    policies = [(name, method_stage(profile, method, data), profile, method, data) for name, method, data in trained]
     if weak_kl:
         for name, swept in kl_sweep_profiles(profile).items():
             policies.append((name, method_stage(swept, "ppo"), swept, "ppo", "pairs"))
@@ -198,7 +206,7 @@ def trained_policies(profile, *, weak_kl: bool = True, online: bool | None = Non
 
 
 def kl_sweep_profiles(profile) -> dict:
-    """Lesson 08's KL sweep: lesson 07's PPO with only its KL term changed, a fixed coefficient from
+    """Lesson 09's KL sweep: lesson 07's PPO with only its KL term changed, a fixed coefficient from
     ``overopt_kl_coefs`` (:func:`~rrhf_lite.course.profiles.weak_kl_profile`), by row name; the last is "PPO, weak
     KL"."""
     coefs = profile.overopt_kl_coefs
@@ -207,9 +215,9 @@ def kl_sweep_profiles(profile) -> dict:
 
 
 def results_table(profile, *, weak_kl: bool = True, online: bool | None = None) -> pd.DataFrame:
-    """One row per method (SFT, best-of-n, RRHF, PRO, DPO, PPO; PPO with fixed KL coefficients, the weakest "PPO, weak
-    KL", and the online round's retrained policy, when asked), the columns of :data:`COLUMNS`. Trains whatever is not
-    cached yet.
+    """One row per method (SFT, best-of-n, :data:`TRAINED`, GRPO on the gold reward where there is a judge; PPO with
+    fixed KL coefficients, the weakest "PPO, weak KL", and the online round's retrained policy, when asked), the
+    columns of :data:`COLUMNS`. Trains whatever is not cached yet.
 
     ``online`` defaults to whether the profile has labellers for fresh replies: the tiny world's, or on real data
     the judge model's scores seen through Bradley-Terry noise.
@@ -327,7 +335,7 @@ def peak_policy(fit: dict, kl: pd.Series) -> str:
 
 
 def held_out_overoptimisation(profile) -> dict:
-    """Gao et al.'s (2022) over-optimisation, measured on held-out prompts across lesson 08's KL sweep
+    """Gao et al.'s (2022) over-optimisation, measured on held-out prompts across lesson 09's KL sweep
     (:func:`kl_sweep_values`): the looser the KL term, the further PPO moves from SFT and the higher the proxy climbs;
     does the gold reward rise, peak and fall?
 
@@ -352,7 +360,7 @@ def held_out_overoptimisation(profile) -> dict:
 
 
 def overoptimisation_claims(shape: dict) -> list[tuple[str, bool, str]]:
-    """Lesson 08's story of over-optimisation as ``(claim, holds, evidence)``, from :func:`held_out_overoptimisation`'s
+    """Lesson 09's story of over-optimisation as ``(claim, holds, evidence)``, from :func:`held_out_overoptimisation`'s
     numbers: a fitted peak inside the sweep, a rise and a fall beyond their intervals, the proxy still climbing."""
     fit, sweep, peak, loosest = shape["fit"], shape["sweep"], shape["peak"], shape["loosest"]
     return [
@@ -369,7 +377,7 @@ def overoptimisation_claims(shape: dict) -> list[tuple[str, bool, str]]:
 
 def check_overoptimisation(shape: dict) -> None:
     """Each of :func:`overoptimisation_claims` checked (:func:`rrhf_lite.course.claims.check`: printed when the run
-    shows it, an error naming it when not): what lesson 08 runs."""
+    shows it, an error naming it when not): what lesson 09 runs."""
     for claim, holds, evidence in overoptimisation_claims(shape):
         check(claim, holds, evidence)
 

@@ -101,7 +101,7 @@ def plot_calibration(cal, ax=None, title: str = "Reward-model calibration"):
 
 def plot_frontier(table, bon_curve, bon_draws=None, *, sqrt_kl: bool = False, reward: str = "gold", ax=None,
                   legend: bool = True):
-    """Reward against KL from the SFT model (or against sqrt(KL)): the reward-KL frontier of lesson 08.
+    """Reward against KL from the SFT model (or against sqrt(KL)): the reward-KL frontier of lesson 09.
 
     ``table`` is :func:`rrhf_lite.course.compare.results_table` (one marker per method); ``bon_curve`` is best-of-n's
     exact expectation at every n (a line, at the upper bound on its KL); ``bon_draws`` are best-of-n picks actually

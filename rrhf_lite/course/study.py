@@ -1,6 +1,6 @@
 """Several training seeds of every method, on the same SFT model and reward model: which differences hold over seeds?
 
-One run of each method (lesson 08's table) mixes two kinds of noise: *evaluation* noise (which held-out prompts, what
+One run of each method (lesson 09's table) mixes two kinds of noise: *evaluation* noise (which held-out prompts, what
 was sampled; the table's bootstrap intervals) and *training* noise (another seed gives other adapters, another batch
 order, other PPO rollouts). A single seed cannot show the second. The study trains RRHF, PRO, DPO and PPO with
 ``seeds`` training seeds each (``profile.method_seed``; SFT, the reward model, the candidates and the evaluation prompts
@@ -11,14 +11,14 @@ test. With many pairs, some intervals exclude 0 by chance alone, so a difference
 passes after Holm's correction for the number of pairs compared (at 3 seeds a t-interval is wide: its multiplier is
 4.30, not 1.96).
 
-It also trains lesson 08's KL sweep (PPO with fixed KL coefficients) with every training seed: whether the
-over-optimisation that lesson 08 shows for one seed (across the sweep the gold reward rises, peaks at a KL above 0 and
+It also trains lesson 09's KL sweep (PPO with fixed KL coefficients) with every training seed: whether the
+over-optimisation that lesson 09 shows for one seed (across the sweep the gold reward rises, peaks at a KL above 0 and
 falls while the proxy climbs, :func:`rrhf_lite.course.compare.held_out_overoptimisation`) has the same shape for every
 seed; and measures the weak-KL run of the default seed on held-out prompts at snapshots along its training
 (:func:`rrhf_lite.course.pipeline.trajectory_stage`).
 
 Run it with ``make study`` (``python -m rrhf_lite.course.study --seeds 3``); it writes ``runs/<profile>/study.json``
-(and the tables as CSV, and a frontier with error bars in ``figures/``). Lessons 05, 07 and 08 show it when it is there
+(and the tables as CSV, and a frontier with error bars in ``figures/``). Lessons 05, 07 and 09 show it when it is there
 and was made with the lesson's settings. Each (method, seed) is an ordinary stage, so an interrupted study resumes where
 it stopped.
 """
@@ -41,11 +41,15 @@ from rrhf_lite.course.pipeline import METHOD_FIELDS, method_stage
 from rrhf_lite.course.plots import plot_study, save_figure
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.provenance import code_hash
+from rrhf_lite.course.sources import has_gold
 from rrhf_lite.course.stages import read_output
 
 # (row name, method, DPO data, profile fields changed) of the methods compared
 METHODS = (("RRHF", "rrhf", "pairs", {}), ("PRO", "pro", "pairs", {}), ("DPO", "dpo", "pairs", {}),
-           ("PPO", "ppo", "pairs", {}),
+           ("SimPO", "simpo", "pairs", {}), ("PPO", "ppo", "pairs", {}), ("GRPO", "grpo", "proxy", {}),
+           ("RLOO", "rloo", "proxy", {}),
+           # GRPO trained on the gold judge (a verifiable reward): on the tiny world, or a profile with a judge model
+           ("GRPO, gold reward", "grpo", "gold", {}),
            # perplexity filtering isolated (Kutalev and Markoff 2024): the same pairs filtered, and a random subset of
            # the filtered set's size
            ("DPO, filtered", "dpo", "filtered", {}), ("DPO, random subset", "dpo", "random", {}),
@@ -78,7 +82,8 @@ def run_study(profile, seeds: int = 3, progress: bool = True) -> dict:
     """Train (or load) every method with training seeds ``0 .. seeds - 1`` and summarise. Returns the study's record
     (what :func:`save_study` writes)."""
     runs = []
-    for seed, (name, method, data, changes) in itertools.product(range(seeds), METHODS):
+    methods = [m for m in METHODS if m[2] != "gold" or has_gold(profile)]
+    for seed, (name, method, data, changes) in itertools.product(range(seeds), methods):
         if progress:
             print(f"study: {name}, training seed {seed}", flush=True)
         folder = method_stage(dataclasses.replace(profile, method_seed=seed, **changes), method, data)
@@ -213,7 +218,7 @@ def describe(study: dict) -> str:
         lines.append(f"over-optimisation, training seed {row['seed']}: fitted peak at KL {row['peak_kl']:.2f} "
                      f"({row['peak']}), {parts}: " + ("the shape holds" if row["shape_shown"] else "not shown"))
     if shapes:
-        lines.append(f"over-optimisation (lesson 08's four checks) holds for {sum(r['shape_shown'] for r in shapes)} "
+        lines.append(f"over-optimisation (lesson 09's four checks) holds for {sum(r['shape_shown'] for r in shapes)} "
                      f"of {len(shapes)} training seeds")
     return "\n".join(lines)
 
