@@ -89,4 +89,42 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_training_starts_over(tmp_pa
     # the bad file kept aside (for a look), and a fresh checkpoint written by the new run
     names = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
     assert names == [CHECKPOINT_FILE, f"{CHECKPOINT_FILE}.unreadable"]
-    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)["step"] == 10
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["step"] == 10  # plain tensors and numbers
+
+
+class Payload:
+    """What an attacker plants: unpickling it runs a command (here: creating a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_the_checkpoint_folder_does_not_run(tmp_path):
+    """A checkpoint is read with weights_only=True: a pickle that asks for any object but tensors and plain containers
+    is refused before anything runs, moved aside with a warning that names it, and training starts over."""
+    marker = tmp_path / "the-payload-ran"
+    checkpoints = tmp_path / "ckpt"
+    checkpoints.mkdir()
+    torch.save({"step": 10, "history": "[]", "trainable": {}, "optimizer": {}, "scheduler": {},
+                "torch_rng": Payload(marker)}, checkpoints / CHECKPOINT_FILE)
+    reference = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False)
+    with pytest.warns(UserWarning, match=rf"checkpoint {checkpoints / CHECKPOINT_FILE} cannot be read \(Unpickling"):
+        history = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False,
+                        checkpoint_dir=checkpoints, checkpoint_every=10)
+    assert not marker.exists()
+    assert history == reference
+
+
+def test_a_checkpoint_of_another_model_is_moved_aside_instead_of_failing_every_retry(tmp_path):
+    reference = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False,
+                      checkpoint_dir=tmp_path, checkpoint_every=10)  # leaves its checkpoint of step 10
+    other = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    other["trainable"] = {f"renamed.{name}": value for name, value in other["trainable"].items()}
+    torch.save(other, tmp_path / CHECKPOINT_FILE)
+    with pytest.warns(UserWarning, match=r"trainable parameters are not the model's .* moved to"):
+        history = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False,
+                        checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert history == reference

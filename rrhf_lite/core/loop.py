@@ -120,11 +120,17 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _rng_state() -> dict:
-    state = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    """Every random generator's state as tensors and plain numbers, which ``torch.load(weights_only=True)`` reads
+    without unpickling any object (numpy's state is an array and a name: stored as a tensor and its parts)."""
+    version, internal, gauss = random.getstate()
+    state = {"torch_rng": torch.get_rng_state(),
+             "python_rng": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}}
     try:
         import numpy as np
 
-        state["numpy_rng"] = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy_rng"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                              "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
         pass
     if torch.cuda.is_available():
@@ -135,11 +141,14 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch_rng"])
     if "python_rng" in state:
-        random.setstate(state["python_rng"])
+        python = state["python_rng"]
+        random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
     if "numpy_rng" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy_rng"])
+        numpy = state["numpy_rng"]
+        np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                             numpy["has_gauss"], numpy["cached_gaussian"]))
     if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
@@ -156,30 +165,41 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history:
         raise FloatingPointError(f"weights {bad[:3]} are not finite after step {step}; the checkpoint in {path} was "
                                  f"not overwritten")
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "history": history, "trainable": trainable,
+    state = {"step": step, "history": json.dumps(history), "trainable": trainable,
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_rng_state()}
     tmp = path / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path / CHECKPOINT_FILE)
 
 
-def read_checkpoint(path: Path) -> dict | None:
+def read_checkpoint(path: Path, model=None) -> dict | None:
     """The state in ``path/checkpoint.pt``, or None if there is none.
 
-    A file that cannot be read (truncated by a copy or a sync: :func:`save_checkpoint` itself is atomic) is renamed
-    to ``checkpoint.pt.unreadable-<time>`` with a warning, and None is returned: the run starts over instead of
-    failing on every retry.
+    The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers of them, and
+    nothing else, so a file planted in the runs folder cannot run code (a pickle that asks for any other object is
+    refused). A file that cannot be read (truncated by a copy or a sync: :func:`save_checkpoint` itself is atomic; or
+    written by other code, or holding other objects), or whose trainable parameters are not ``model``'s (when given),
+    is renamed to ``checkpoint.pt.unreadable-<time>`` with a warning that names it, and None is returned: the run
+    starts over instead of failing on every retry.
     """
     file = Path(path) / CHECKPOINT_FILE
     if not file.exists():
         return None
     try:
-        state = torch.load(file, weights_only=False)
+        state = torch.load(file, weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"a {type(state).__name__}, not a dict")
         missing = {"step", "history", "trainable", "optimizer", "scheduler", "torch_rng"} - set(state)
         if missing:
             raise KeyError(f"no {sorted(missing)}")
+        state["history"] = json.loads(state["history"])
+        if model is not None:
+            names = {n for n, p in model.named_parameters() if p.requires_grad}
+            if set(state["trainable"]) != names:
+                raise ValueError(f"its trainable parameters are not the model's "
+                                 f"({sorted(set(state['trainable']) ^ names)[:3]} differ)")
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, TypeError, ValueError,
-            AttributeError) as e:  # what torch.load raises on a truncated or foreign file
+            AttributeError) as e:  # what torch.load raises on a truncated, foreign or unsafe file
         aside = file.with_name(f"{CHECKPOINT_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
             os.replace(file, aside)
@@ -193,7 +213,9 @@ def read_checkpoint(path: Path) -> dict | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, state: dict | None = None) -> tuple[int, list[dict]]:
     """Restore what :func:`save_checkpoint` wrote (or the already read ``state``); returns ``(step, history)``."""
-    state = torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False) if state is None else state
+    if state is None:
+        state = torch.load(Path(path) / CHECKPOINT_FILE, weights_only=True)
+        state["history"] = json.loads(state["history"])
     missing = set(state["trainable"]) ^ {n for n, p in model.named_parameters() if p.requires_grad}
     if missing:
         raise ValueError(f"checkpoint {path} does not match the model's trainable parameters: {sorted(missing)[:5]}")
@@ -287,7 +309,7 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
 
     start, history, saved_step = 0, [], None
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    state = read_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    state = read_checkpoint(checkpoint_dir, accelerator.unwrap_model(model)) if checkpoint_dir else None
     if state is not None:
         start, history = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
         saved_step = start
