@@ -230,7 +230,7 @@ def test_two_iterations_end_to_end(stages, tmp_path):
         assert all(math.isfinite(v) for v in row.values())
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from the reference itself
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
-    assert set(torch.load(tmp_path / "out" / "value_head.pt")) == {"weight", "bias"}
+    assert set(load_file(tmp_path / "out" / "value_head.safetensors")) == {"weight", "bias"}
     saved = json.loads((tmp_path / "out" / "history.json").read_text())
     assert saved["history"] == history and 0 < saved["trainable_parameters"] < saved["parameters"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -123,10 +124,18 @@ def write_model(out: Path, text: str = "trained") -> None:
     (lambda path: (path / "weights.txt").unlink(), "weights.txt is missing"),
     (lambda path: (path / STAGE_FILE).write_text((path / STAGE_FILE).read_text()[:40]),  # stage.json itself cut
      f"its {STAGE_FILE} cannot be read"),
+    # the same size, other bytes: 64 zeroed bytes inside the weights, then a broken safetensors header
+    (lambda path: zero_bytes(path / "model" / "model.safetensors", 500, 64),
+     "model/model.safetensors has other content than was written"),
+    (lambda path: zero_bytes(path / "model" / "model.safetensors", 0, 8),
+     "model/model.safetensors has other content than was written"),
 ])
-def test_a_half_written_stage_is_detected_and_rebuilt_not_loaded(tmp_path, capsys, damage, reason):
+def test_a_damaged_stage_is_detected_and_rebuilt_not_loaded(tmp_path, capsys, damage, reason):
     path = build_or_load("base", tiny(tmp_path), FIELDS, write_model)
-    assert stage_info(path)["files"] == {"model/model.safetensors": 1000, "weights.txt": 7}
+    assert stage_info(path)["files"] == {
+        "model/model.safetensors": {"bytes": 1000, "sha256": hashlib.sha256(b"w" * 1000).hexdigest()},
+        "weights.txt": {"bytes": 7, "sha256": hashlib.sha256(b"trained").hexdigest()}}
+    assert is_complete(path)  # checked once, whole, in this process; the damage below comes after
     damage(path)
     assert not is_complete(path) and incomplete_reason(path).startswith(reason)
     builds = []
@@ -141,13 +150,24 @@ def test_a_half_written_stage_is_detected_and_rebuilt_not_loaded(tmp_path, capsy
     assert (path / "model" / "model.safetensors").stat().st_size == 1000
 
 
-def test_a_stage_recorded_before_file_lists_is_still_loaded(tmp_path):
+def zero_bytes(file: Path, start: int, count: int) -> None:
+    with open(file, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(count))
+
+
+@pytest.mark.parametrize("files", [None, {}, {"weights.txt": 7}],
+                         ids=["no file list", "an empty record", "sizes only"])
+def test_a_stage_recorded_in_an_older_format_is_rebuilt(tmp_path, capsys, files):
+    """Records without the content hashes (``{}``, no file list, sizes only) cannot vouch for the files: rebuilt."""
     path = build_or_load("base", tiny(tmp_path), FIELDS, write_weights)
-    info = stage_info(path)
-    del info["files"]  # what stage.json looked like before it listed the files
+    info = {} if files == {} else {**stage_info(path), "files": files}
+    if files is None:
+        del info["files"]
     (path / STAGE_FILE).write_text(json.dumps(info))
-    assert is_complete(path)
-    assert build_or_load("base", tiny(tmp_path), FIELDS, lambda out: pytest.fail("rebuilt a complete stage")) == path
+    assert incomplete_reason(path) == f"its {STAGE_FILE} is of an older format, without the content hash of every file"
+    assert build_or_load("base", tiny(tmp_path), FIELDS, lambda out: write_weights(out, "rebuilt")) == path
+    assert "older format" in capsys.readouterr().out and (path / "weights.txt").read_text() == "rebuilt"
 
 
 # --- real processes: the functions they run must be importable, so they live at module level -----------------

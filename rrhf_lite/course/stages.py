@@ -5,7 +5,7 @@ That output is a *stage*, cached on disk so that any notebook can be opened on i
 stages it needs if they are cached and builds them otherwise. On disk::
 
     runs/<profile>/<stage>/<key>/            the stage's files, written by its build function
-    runs/<profile>/<stage>/<key>/stage.json  written last: the build's record, with the size of every file
+    runs/<profile>/<stage>/<key>/stage.json  written last: the build's record, with the size and SHA-256 of every file
     runs/<profile>/<stage>/<key>.lock        locked while the stage is checked or built
     runs/<profile>/<stage>/.<key>.tmp-*      a build in progress (or left behind by one that crashed)
 
@@ -28,10 +28,12 @@ Guarantees:
   :mod:`rrhf_lite.core.loop`). Each process builds into a folder of its own; the main process's becomes the stage, the
   others' are deleted, and every process returns once the stage is in place. So the stage is written once, and no
   process waits on a lock held by a process that waits for it.
-* **Checked before loading.** ``stage.json`` lists every file of the stage with its size. A folder whose
-  ``stage.json`` is unreadable, or with a listed file missing or of another size (a copy or a cloud-drive sync cut
-  short, a file deleted by hand) is not complete either: :func:`is_complete` says no, and ``build_or_load`` warns,
-  deletes it and builds the stage again. (Stages recorded before the file list existed are trusted as they are.)
+* **Checked before loading.** ``stage.json`` lists every file of the stage with its size and SHA-256. A folder whose
+  ``stage.json`` is unreadable or of an older format, with a listed file missing, of another size or with other
+  content (a copy or a cloud-drive sync cut short, a file deleted or edited by hand, bytes flipped on disk) is not
+  complete either: :func:`is_complete` says no, naming the file, and
+  ``build_or_load`` warns, deletes it and builds the stage again. Each process hashes a stage's files once, the
+  first time it is asked for (docs/reliability.md: about 1 s per GiB on a 2-core CPU, 3 s for the largest real stage).
 
 Example::
 
@@ -90,36 +92,64 @@ def stage_path(stage: str, profile: Profile, fields: Sequence[str], depends_on: 
     return profile.runs_path / stage / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
 
 
-def _manifest(folder: Path) -> dict[str, int]:
-    """``{relative path: size in bytes}`` of every file under ``folder`` except ``stage.json``."""
-    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.relative_to(folder).as_posix() != STAGE_FILE}
+def sha256(file: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"bytes": size, "sha256": hash}}`` of every file under ``folder`` except ``stage.json``."""
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != STAGE_FILE}
+
+
+# Stage folders whose every file this process has hashed and found as written, with each file's size and modification
+# time then: a lesson asks for the same stage many times, and a stage of a real model holds gigabytes. A file written
+# since (another mtime) is hashed again.
+_VERIFIED: set[tuple] = set()
 
 
 def incomplete_reason(path: Path) -> str | None:
-    """None if the stage folder is complete, else why not: no ``stage.json``, an unreadable one, a listed file
-    missing or of the wrong size."""
+    """None if the stage folder is complete, else why not: no ``stage.json``, an unreadable one or one of an older
+    format (without content hashes), a listed file missing, of another size or with other content (its SHA-256).
+    (Files that are not listed are left alone: ``datasets`` writes its cache files beside a saved dataset.)"""
     path = Path(path)
-    if not (path / STAGE_FILE).is_file():
+    record = path / STAGE_FILE
+    if not record.is_file():
         return f"it has no {STAGE_FILE}"
     try:
-        info = json.loads((path / STAGE_FILE).read_text())
+        info = json.loads(record.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"its {STAGE_FILE} cannot be read ({type(e).__name__})"
-    if not isinstance(info, dict):
-        return f"its {STAGE_FILE} is not a record"
-    for name, size in (info.get("files") or {}).items():
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and {"bytes", "sha256"} <= set(v)
+                                              for v in files.values()):
+        return f"its {STAGE_FILE} is of an older format, without the content hash of every file"
+    stats = {}
+    for name, written in files.items():
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+        stats[name] = file.stat()
+        if stats[name].st_size != written["bytes"]:
+            return f"{name} has {stats[name].st_size} bytes, {written['bytes']} were written"
+    seen = (path.resolve(), record.stat().st_mtime_ns, tuple((n, st.st_mtime_ns) for n, st in stats.items()))
+    if seen in _VERIFIED:
+        return None
+    for name, written in files.items():
+        if sha256(path / name) != written["sha256"]:
+            return f"{name} has other content than was written (its SHA-256 differs)"
+    _VERIFIED.add(seen)
     return None
 
 
 def is_complete(path: Path) -> bool:
     """Whether a stage folder was fully built and is intact: its ``stage.json`` (written last) can be read and every
-    file it lists is there with the size it was written with."""
+    file it lists is there with the size and the SHA-256 it was written with."""
     return incomplete_reason(path) is None
 
 

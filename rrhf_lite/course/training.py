@@ -13,7 +13,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-import torch
+from safetensors.torch import save_file
 
 from rrhf_lite.core.loop import save_run
 from rrhf_lite.core.models import load_for_training, merge_adapter
@@ -99,7 +99,7 @@ def ppo_models(profile, sft_dir: Path, reward_dir: Path):
 def train_ppo_folder(profile, sft_dir: Path, reward_dir: Path, out: Path, ckpt: Path | None, prompts: list[str],
                      gold_fn=None, progress: bool = True) -> list[dict]:
     """PPO from the SFT model against the reward model of stage 02 (:func:`rrhf_lite.methods.ppo.train_ppo`), saved in
-    ``out``: ``adapter/``, ``value_head.pt``, ``history.json`` and, with ``ppo_snapshot_every``, ``snapshots/``
+    ``out``: ``adapter/``, ``value_head.safetensors``, ``history.json`` and, with ``ppo_snapshot_every``, ``snapshots/``
     (kept beside the checkpoints until the run ends, so that a resumed run still has the earlier ones)."""
     model, tokenizer, reward_fn = ppo_models(profile, sft_dir, reward_dir)
     snapshots = (ckpt or out) / "snapshots"
@@ -109,7 +109,7 @@ def train_ppo_folder(profile, sft_dir: Path, reward_dir: Path, out: Path, ckpt: 
     if profile.ppo_snapshot_every and snapshots != out / "snapshots":
         shutil.copytree(snapshots, out / "snapshots", dirs_exist_ok=True)
     save_run(out, model.policy, tokenizer, history, counted=model, method="ppo")
-    torch.save(model.value_head.state_dict(), out / "value_head.pt")
+    save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()}, out / "value_head.safetensors")
     return history
 
 
