@@ -7,11 +7,12 @@ import torch
 from conftest import SMALL  # tests/conftest.py
 
 from rrhf_lite.core.loop import CHECKPOINT_FILE
+from rrhf_lite.core.losses import group_advantages
 from rrhf_lite.core.models import load_for_training
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import TinyWorld
 from rrhf_lite.methods import grpo
-from rrhf_lite.methods.grpo import GRPOConfig, train_grpo, train_rloo
+from rrhf_lite.methods.grpo import GRPOConfig, collect_groups, group_rows, group_step, train_grpo, train_rloo
 
 KEYS = {"iteration", "proxy_reward", "score", "gold_reward", "kl", "ended", "reply_tokens", "zero_advantage_groups",
         "lr", "loss", "grad_norm"}
@@ -85,6 +86,22 @@ def test_rloo_takes_one_step_per_rollout_however_it_is_chunked(saved_model):
     assert steps["rloo", 2]["loss"] == pytest.approx(steps["rloo", 4]["loss"], abs=1e-5)
     assert steps["rloo", 2]["grad_norm"] == pytest.approx(steps["rloo", 4]["grad_norm"], rel=1e-4)
     assert not all(torch.equal(a, b) for a, b in zip(weights["grpo", 2], weights["rloo", 2]))
+
+
+def test_the_first_update_records_the_log_probs_that_the_rollout_skipped(saved_model):
+    """The rows of a rollout's first update get their log pi_old from that update's own forward pass (the policy has
+    not moved yet) instead of a pass of their own: the same numbers, and the same loss."""
+    model, tokenizer = policy(saved_model)
+    cfg = config(iterations=1, prompts_per_step=2)
+    first = group_rows(torch.tensor([1, 3]), cfg.group_size)
+    full = collect_groups(model, tokenizer, shorter_is_better, PROMPTS[:4], cfg, seed=0)
+    skipped = collect_groups(model, tokenizer, shorter_is_better, PROMPTS[:4], cfg, seed=0, first_step_rows=first)
+    assert skipped.logprobs[first].isnan().all() and not skipped.logprobs.isnan().all()
+    advantages = group_advantages(full.scores.view(4, -1)).view(-1)
+    full_loss, _ = group_step(model, full, advantages, first, cfg)
+    skipped_loss, _ = group_step(model, skipped, advantages, first, cfg)
+    torch.testing.assert_close(skipped_loss, full_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(skipped.logprobs * skipped.mask, full.logprobs * full.mask, rtol=1e-5, atol=1e-5)
 
 
 def test_a_killed_run_resumes_to_the_same_numbers(saved_model, tmp_path, monkeypatch):

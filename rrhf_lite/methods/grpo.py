@@ -82,16 +82,22 @@ class GroupRollout:
     ended: torch.Tensor  # [N] bool
     batch: dict[str, torch.Tensor]  # prompt + reply token ids, right-padded
     mask: torch.Tensor  # [N, T - 1] 1 where position t predicts a reply token
-    logprobs: torch.Tensor  # [N, T - 1] log pi_old at the sampling temperature
+    logprobs: torch.Tensor  # [N, T - 1] log pi_old at the sampling temperature (NaN until the first update's rows are
+    # recorded by group_step, see collect_groups)
     ref_logprobs: torch.Tensor  # [N, T - 1] log pi_ref (adapters off)
     rm_scores: torch.Tensor  # [N] the reward function's scores
     scores: torch.Tensor  # [N] what is trained on: the score, or the penalty for a reply that never ended
 
 
 @torch.no_grad()
-def collect_groups(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConfig, *, seed: int) -> GroupRollout:
+def collect_groups(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConfig, *, seed: int,
+                   first_step_rows: torch.Tensor | None = None) -> GroupRollout:
     """Sample ``group_size`` replies to each prompt, then record their log-probs under the policy and the reference
-    (in chunks of ``prompts_per_step`` prompts) and score them."""
+    (in chunks of ``prompts_per_step`` prompts) and score them.
+
+    ``first_step_rows``: replies that the first update of the rollout takes. Their log-probs under the sampling policy
+    are not computed here (their ``logprobs`` rows are NaN): that update computes them anyway, before the policy
+    moves, and :func:`group_step` records them then. RLOO, one step per rollout, saves the whole pass."""
     repeated = [p for p in prompts for _ in range(config.group_size)]
     generation = generate_tokens(model, tokenizer, repeated, max_new_tokens=config.max_new_tokens,
                                  temperature=config.temperature, top_p=1.0, batch_size=config.generation_batch_size,
@@ -103,19 +109,31 @@ def collect_groups(model, tokenizer, reward_fn, prompts: list[str], config: GRPO
     chunk_rows = config.prompts_per_step * config.group_size
     for start in range(0, len(repeated), chunk_rows):
         chunk = {k: v[start:start + chunk_rows] for k, v in batch.items()}
-        policy = sequence_logprobs(model, chunk, config.temperature)
         with model.disable_adapter():
             reference = sequence_logprobs(model, chunk, config.temperature)
-        for key, value in (("mask", policy.mask), ("logprobs", policy.token_logps),
-                           ("ref_logprobs", reference.token_logps)):
-            parts.setdefault(key, []).append(value)
+        parts.setdefault("mask", []).append(reference.mask)
+        parts.setdefault("ref_logprobs", []).append(reference.token_logps)
+    mask, ref_logprobs = torch.cat(parts["mask"]), torch.cat(parts["ref_logprobs"])
+    logprobs = torch.full_like(ref_logprobs, float("nan"))
+    needed = torch.ones(len(repeated), dtype=torch.bool, device=mask.device)
+    if first_step_rows is not None:
+        needed[first_step_rows.to(mask.device)] = False
+    needed_rows = needed.nonzero().squeeze(1)
+    for rows in needed_rows.split(chunk_rows) if len(needed_rows) else ():
+        chunk = {k: v[rows] for k, v in batch.items()}
+        logprobs[rows] = sequence_logprobs(model, chunk, config.temperature).token_logps
     model.train(was_training)
     replies = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generation.reply_ids]
     ended = torch.tensor(generation.ended)
     rm_scores, scores = score_replies(reward_fn, repeated, replies, ended, config.no_eos_penalty)
     return GroupRollout(prompts=repeated, replies=replies, reply_ids=generation.reply_ids, ended=ended, batch=batch,
-                        rm_scores=rm_scores, scores=scores.to(model.device),
-                        **{k: torch.cat(v) for k, v in parts.items()})
+                        rm_scores=rm_scores, scores=scores.to(model.device), mask=mask, logprobs=logprobs,
+                        ref_logprobs=ref_logprobs)
+
+
+def group_rows(group_ids: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The rollout rows of the replies to prompts ``group_ids`` (a prompt's replies are consecutive rows)."""
+    return (group_ids[:, None] * group_size + torch.arange(group_size)).reshape(-1)
 
 
 def group_step(model, rollout: GroupRollout, advantages: torch.Tensor, rows: torch.Tensor,
@@ -123,6 +141,12 @@ def group_step(model, rollout: GroupRollout, advantages: torch.Tensor, rows: tor
     """The loss on the replies ``rows`` of the rollout (whole groups for RLOO) and what to log about it."""
     batch, (mask, old, ref) = take_rows(rollout, rows, rollout.mask, rollout.logprobs, rollout.ref_logprobs)
     lp = sequence_logprobs(model, batch, config.temperature)
+    fresh = old.isnan().any(1)  # rows of the rollout's first update: the policy is still the one that sampled them
+    if fresh.any():
+        old = torch.where(fresh[:, None], lp.token_logps.detach(), old)
+        record = rows.to(rollout.logprobs.device)[fresh.to(rollout.logprobs.device)]
+        rollout.logprobs[record] = 0.0
+        rollout.logprobs[record, :old.shape[1]] = old[fresh]
     if config.method == "grpo":
         out = grpo_loss(lp.token_logps, old, ref, advantages[rows.to(advantages.device)], mask,
                         clip_range=config.clip_range, beta=config.beta, normalisation=config.normalisation,
@@ -169,16 +193,18 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
                total=iterations)
     for iteration in bar:
         seed = config.seed + iteration
+        generator = torch.Generator().manual_seed(seed)
+        orders = [torch.randperm(n, generator=generator)  # whole groups, shuffled, for every epoch
+                  for _ in range(config.epochs if config.method == "grpo" else 1)]
+        first = orders[0] if config.method == "rloo" else orders[0][:config.prompts_per_step]  # the first update's
         rollout = collect_groups(model, tokenizer, reward_fn, prompts[iteration * n:(iteration + 1) * n], config,
-                                 seed=seed)
+                                 seed=seed, first_step_rows=group_rows(first, config.group_size))
         groups = rollout.scores.view(n, config.group_size)
         advantages = group_advantages(groups, scale=config.scale_rewards).view(-1)
         lr = schedule.get_last_lr()[0]
         model.train()
         logged: dict[str, list[float]] = {}
-        generator = torch.Generator().manual_seed(seed)
-        for epoch in range(config.epochs if config.method == "grpo" else 1):
-            order = torch.randperm(n, generator=generator)  # whole groups, shuffled
+        for epoch, order in enumerate(orders):
             chunks = order.split(config.prompts_per_step)
             # GRPO: one optimiser step per chunk. RLOO: one step per rollout (the paper), its gradient summed over the
             # chunks, each chunk's mean loss weighted by its share of the groups (memory, not the maths, chunks it)
@@ -188,7 +214,7 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
                 stop = functools.partial(update_stopped, f"iteration {iteration + 1} (epoch {epoch + 1})",
                                          method=config.method.upper())
                 for k, group_ids in enumerate(step_chunks):
-                    rows = (group_ids[:, None] * config.group_size + torch.arange(config.group_size)).reshape(-1)
+                    rows = group_rows(group_ids, config.group_size)
                     loss, metrics = group_step(model, rollout, advantages, rows, config)
                     for key, value in {"loss": loss, **metrics}.items():
                         logged.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
