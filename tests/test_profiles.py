@@ -28,6 +28,41 @@ def test_overrides_and_errors():
         get_profile("a100-cluster")
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"sft_lr": "abc"}, "sft_lr: expected a number, got 'abc'"),
+    ({"sft_steps": 2.5}, "sft_steps: expected an integer, got 2.5"),
+    ({"sft_steps": 0}, "sft_steps: expected an integer >= 1, got 0"),
+    ({"ppo_iterations": -5}, "ppo_iterations: expected an integer >= 1, got -5"),
+    ({"dpo_lr": 0.0}, "dpo_lr: expected a number > 0, got 0.0"),
+    ({"lora_dropout": 1.5}, "lora_dropout: expected a number between 0 and 1, got 1.5"),
+    ({"lora_target_modules": "q_proj"}, "lora_target_modules: expected a list of str values"),
+    ({"overopt_kl_coefs": (0.1, "x")}, r"overopt_kl_coefs\[1\]: expected a number, got 'x'"),
+    ({"grpo_group_size": 1}, "grpo_group_size: expected an integer >= 2"),
+    ({"dpo_loss_type": "hinge"}, r"dpo_loss_type: expected one of \['sigmoid', 'ipo', 'simpo'\]"),
+    ({"load_in_4bit": "yes"}, "load_in_4bit: expected true or false"),
+    ({"base_model": 3}, "base_model: expected a string"),
+    ({"name": "mine"}, "name: it is the profile's name"),
+])
+def test_a_bad_override_is_refused_when_the_profile_is_made_naming_field_value_and_expectation(overrides, message):
+    with pytest.raises(profiles.ProfileError, match=message):
+        get_profile("tiny", **overrides)
+
+
+def test_command_line_overrides_are_parsed_then_checked():
+    from rrhf_lite.course import build
+
+    parsed = build.parse_overrides(["lora_target_modules=q_proj,v_proj", "overopt_kl_coefs=0.3,0.05", "sft_lr=abc"],
+                                   "tiny")
+    assert parsed == {"lora_target_modules": ("q_proj", "v_proj"), "overopt_kl_coefs": (0.3, 0.05), "sft_lr": "abc"}
+    assert get_profile("tiny", lora_target_modules=parsed["lora_target_modules"]).lora_target_modules == (
+        "q_proj", "v_proj")
+    with pytest.raises(profiles.ProfileError, match="sft_lr"):
+        build.main(["sft", "--set", "sft_lr=abc"])
+    assert get_profile("tiny", bon_table_n=[2, 4]).bon_table_n == (2, 4)  # a list from a notebook: kept as a tuple
+    for name in PROFILES:  # every profile's own values pass
+        get_profile(name)
+
+
 def test_widths_are_multiples_of_64():
     for cls in PROFILES.values():
         p = cls()

@@ -44,18 +44,26 @@ STAGES = {
 STAGES["dpo"] = STAGES["dpo-pairs"]
 
 
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_overrides(items: list[str], profile_name: str | None) -> dict:
-    """``["sft_steps=20", "bon_table_n=[2, 4]"]`` -> ``{"sft_steps": 20, "bon_table_n": (2, 4)}``."""
+    """``["sft_steps=20", "bon_table_n=[2, 4]", "lora_target_modules=q_proj,v_proj"]`` -> ``{"sft_steps": 20,
+    "bon_table_n": (2, 4), "lora_target_modules": ("q_proj", "v_proj")}``. Types and ranges are checked when the
+    profile is made (:func:`~rrhf_lite.course.profiles.check_field`)."""
     overrides = {}
     tuples = {f.name for f in dataclasses.fields(type(get_profile(profile_name))) if "tuple" in str(f.type)}
     for item in items:
         field, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes field=value, got {item!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text  # a plain string: a path, a hub id
+        value = _json_or_text(text)  # a plain string: a path, a hub id
+        if field in tuples and isinstance(value, str):  # q_proj,v_proj or 0.1,0.02: a comma-separated list
+            value = [_json_or_text(part.strip()) for part in value.split(",")]
         overrides[field] = tuple(value) if field in tuples and isinstance(value, list) else value
     return overrides
 

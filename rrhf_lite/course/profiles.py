@@ -199,6 +199,11 @@ class Profile:
     # --- where outputs go ---------------------------------------------------------------------------
     runs_dir: str = ""  # root of the stage cache; "" = default_runs_dir() ($RRHF_LITE_RUNS or <repo>/runs)
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = check_field(field.name, field.type, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)  # a list given for a tuple field, as a tuple
+
     @property
     def runs_path(self) -> Path:
         """Folder that holds this profile's stages: ``<runs_dir>/<name>/``."""
@@ -392,6 +397,72 @@ REHEARSAL_CHANGES = frozenset({
     "ppo_iterations", "ppo_rollout_prompts", "ppo_epochs", "ppo_minibatch_size", "grpo_iterations",
     "grpo_prompts_per_iteration", "grpo_prompts_per_step", "overopt_snapshot_every"})
 
+# What a field may hold beyond its type (checked when a profile is made, however it is made: a notebook's
+# get_profile(...), --set on the command line, a subclass). Integers are > 0 unless listed as >= 0 here.
+NON_NEGATIVE_INTS = {"seed", "method_seed", "pretrain_warmup_steps", "sft_warmup_steps", "rm_warmup_steps",
+                     "ranking_warmup_steps", "dpo_warmup_steps", "pro_ranking_length", "ppo_snapshot_every",
+                     "ppo_checkpoint_every", "rm_eval_every", "base_samples_per_prompt", "overopt_snapshot_every"}
+AT_LEAST = {"grpo_group_size": 2, "bon_n": 1}  # a group needs two replies to have a baseline
+FRACTIONS = {"world_harmful_fraction", "world_test_fraction", "sft_expert_fraction", "lora_dropout", "ppl_quantile",
+             "sample_top_p", "dpo_label_smoothing", "ppo_gamma", "ppo_lam"}  # in [0, 1]
+POSITIVE_FLOATS = {"world_label_temperature", "max_grad_norm", "dpo_beta", "simpo_beta", "ppo_clip_range",
+                   "ppo_value_clip_range", "ppo_kl_target", "grpo_clip_range", "sample_temperature", "sample_top_p",
+                   "ppl_quantile"}  # and every learning rate (*_lr); the other floats are >= 0, but:
+ANY_FLOAT = {"ppo_no_eos_penalty"}
+CHOICES = {"compute_dtype": ("float32", "float16", "bfloat16"), "dpo_loss_type": ("sigmoid", "ipo", "simpo"),
+           "ppo_kl_estimator": ("k1", "k3"), "ppo_value_init": ("reward", "zero"),
+           "pro_sft_scale": ("official", "per_token"), "grpo_normalisation": ("per_reply", "constant"),
+           "online_method": ("rrhf", "pro")}
+
+
+class ProfileError(ValueError):
+    """A profile field given a value it cannot hold: names the field, the value and what it expects."""
+
+
+def check_field(name: str, annotation: str, value):
+    """``value`` for the profile field ``name`` (annotated ``annotation``, e.g. ``"int | None"``,
+    ``"tuple[str, ...]"``), checked: its type, then its range (:data:`NON_NEGATIVE_INTS`, :data:`FRACTIONS`, ...).
+    Returns it (a list given for a tuple, as a tuple); raises :class:`ProfileError` naming what is wrong."""
+    def fail(expected: str):
+        raise ProfileError(f"profile field {name}: expected {expected}, got {value!r}")
+
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None:
+        return value if "None" in kinds else fail(f"{' or '.join(kinds)}, not None")
+    kind = next(k for k in kinds if k != "None")
+    if kind.startswith("tuple["):
+        item = kind[len("tuple["):].split(",")[0].strip()
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            example = '["q_proj", "v_proj"]' if item == "str" else "[1, 2]"
+            fail(f"a list of {item} values, e.g. {example}")
+        return tuple(check_field(f"{name}[{i}]", item, v) for i, v in enumerate(value))
+    if kind == "bool":
+        return value if isinstance(value, bool) else fail("true or false")
+    if kind == "str":
+        if not isinstance(value, str):
+            fail("a string")
+        if name in CHOICES and value not in CHOICES[name]:
+            fail(f"one of {list(CHOICES[name])}")
+        return value
+    base = name.split("[")[0]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        least = AT_LEAST.get(base, 0 if base in NON_NEGATIVE_INTS else 1)
+        return value if value >= least else fail(f"an integer >= {least}")
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            fail("a number")
+        if base in ANY_FLOAT or base.startswith("overopt_kl_coefs"):
+            return value if base in ANY_FLOAT or value > 0 else fail("a number > 0")
+        if base in FRACTIONS and not 0 <= value <= 1:
+            fail("a number between 0 and 1")
+        if (base in POSITIVE_FLOATS or base.endswith("_lr")) and not value > 0:
+            fail("a number > 0")
+        return value if value >= 0 else fail("a number >= 0")
+    return value
+
+
 PROFILES: dict[str, type[Profile]] = {"tiny": Profile, "colab-t4": ColabT4Profile, "gpu-24gb": GPU24GBProfile,
                                       "rehearsal": RehearsalProfile}
 
@@ -406,7 +477,7 @@ def weak_kl_profile(profile: Profile, kl_coef: float | None = None) -> Profile:
                                ppo_snapshot_every=profile.overopt_snapshot_every if kl_coef == weakest else 0)
 
 
-def get_profile(name: str | None = None, **overrides) -> Profile:
+def get_profile(name: str | None = None, /, **overrides) -> Profile:
     """The profile called ``name`` (default: ``$RRHF_LITE_PROFILE`` or ``tiny``), with fields overridden.
 
     >>> get_profile("tiny", seed=3).seed
@@ -416,6 +487,9 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} (env var {PROFILE_ENV_VAR})")
     cls = PROFILES[name]
+    if "name" in overrides:
+        raise ProfileError(f"profile field name: it is the profile's name ({name!r}), chosen by get_profile's first "
+                           f"argument, --profile or ${PROFILE_ENV_VAR}, not overridden")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
