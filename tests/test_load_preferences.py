@@ -340,9 +340,17 @@ def test_bad_values_are_named_by_column_and_row(tmp_path):
         assert load_preferences(write_file(tmp_path / "empty.jsonl", rows))[0]["chosen"] == ""
 
 
-def test_sources_that_are_not_there_or_not_data(tmp_path):
+def test_sources_that_are_not_there_or_not_data(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no such file or folder: 'nowhere/prefs.jsonl'"):
         load_preferences("nowhere/prefs.jsonl")
+    # a mistyped local folder shaped like a hub id (owner/name) is not looked up on the hub when its first part is a
+    # folder here; nor is anything with more than one "/", or a bare name
+    (tmp_path / "data").mkdir()
+    for typo in ("data/my-prefs", "data/my/prefs", "my-prefs"):
+        with pytest.raises(FileNotFoundError, match=f"no such file or folder: '{typo}'"):
+            with monkeypatch.context() as m:
+                m.chdir(tmp_path)
+                load_preferences(typo)
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="cannot read this kind of file"):
         load_preferences(tmp_path / "notes.txt")

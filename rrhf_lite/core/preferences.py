@@ -176,6 +176,16 @@ def load_hh_rlhf(split: str = "train", data_files: str | None = None, max_rows: 
 
 
 # -- reading rows ----------------------------------------------------------------------------------------------
+def looks_local(source: str) -> bool:
+    """Whether ``source`` names a file or folder on this machine rather than a hub dataset (``owner/name``): a path
+    that starts with ``.``, ``/`` or ``~``, has a data file's ending, holds a backslash or more than one ``/``, or
+    whose first part is a folder here (``data/mine`` when ``data/`` exists). Such a source that does not exist is an
+    error, never a hub lookup: a mistyped folder must not load somebody else's dataset."""
+    parts = source.split("/")
+    return (source.startswith((".", "/", "~")) or _file_builder(Path(source)) is not None or "\\" in source
+            or len(parts) != 2 or not all(parts) or Path(parts[0]).expanduser().is_dir())
+
+
 def _read_rows(source, split: str, max_rows: int | None):
     """The rows of ``source`` as they are stored (any columns), as a ``datasets.Dataset``."""
     import datasets
@@ -190,8 +200,9 @@ def _read_rows(source, split: str, max_rows: int | None):
             raise ValueError(f"{str(path)!r}: cannot read this kind of file; expected a name ending in one of "
                              f"{list(DATA_FILE_ENDINGS)}")
         return _read_files([path], max_rows)
-    if _file_builder(path) is not None or str(source).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no such file or folder: {str(source)!r}")
+    if looks_local(str(source)):
+        raise FileNotFoundError(f"no such file or folder: {str(source)!r} (relative to {os.getcwd()}); a hub dataset "
+                                f"id is written owner/name")
     # Not on this machine: a dataset on the hub.
     if max_rows is None:
         return datasets.load_dataset(str(source), split=split)
