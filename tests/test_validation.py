@@ -62,6 +62,35 @@ def error(fn, *args, **kwargs) -> str:
 
 # --- one test per bad input -------------------------------------------------------------------------------------------
 
+def test_a_dict_of_columns_of_unequal_length_is_named_before_anything_loads():
+    columns = {"prompt": [P, P, P], "chosen": [" a", " b"], "rejected": [" c", " d", " e"]}
+    assert "'chosen'" in error(validate_preference_dataset, columns) and "has 2 values but 'prompt' has 3" in error(
+        validate_preference_dataset, columns)
+    assert "expected a list of values" in error(validate_preference_dataset, {**columns, "chosen": " a"})
+
+
+def test_a_dataset_a_dict_of_columns_and_a_list_of_rows_tokenise_alike(tokenizer):
+    dataset = pairs()
+    columns, rows = dataset.to_dict(), pairs(as_rows=True)
+    assert tokenize_preferences(tokenizer, columns, 64) == tokenize_preferences(tokenizer, dataset, 64) == \
+        tokenize_preferences(tokenizer, rows, 64)
+    assert tokenize_comparisons(tokenizer, columns, 64) == tokenize_comparisons(tokenizer, rows, 64)
+    assert tokenize_demonstrations(tokenizer, demos().to_dict(), 64) == tokenize_demonstrations(tokenizer, demos(), 64)
+    assert tokenize_rankings(tokenizer, rankings(), 64) == tokenize_rankings(tokenizer, datasets.Dataset.from_dict(
+        rankings()), 64)
+
+
+def test_held_out_pairs_score_alike_as_a_dataset_a_dict_or_a_list_of_rows(saved_model):
+    """train_reward_model's eval_pairs: a list of rows passed validation and then failed at the first evaluation."""
+    from rrhf_lite.core.models import load_for_training
+    from rrhf_lite.methods.reward import score_pairs
+
+    model, tokenizer = load_for_training(saved_model, get_profile("tiny", **SMALL), head="reward")
+    scored = [score_pairs(model, tokenizer, data, 64) for data in (pairs(), pairs().to_dict(), pairs(as_rows=True))]
+    for chosen, rejected in scored[1:]:
+        assert chosen.tolist() == scored[0][0].tolist() and rejected.tolist() == scored[0][1].tolist()
+
+
 def test_missing_column_is_named():
     assert error(validate_demonstrations, demos().remove_columns("completion")).startswith(
         "column 'completion', all rows: missing")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rrhf_lite.core.validation import rows_of
+
 
 def tokenize_pair(tokenizer, prompt: str, response: str, max_length: int, add_eos: bool = True) -> dict:
     """Token ids of ``prompt + response (+ eos)`` and a mask marking the response tokens.
@@ -53,7 +55,7 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_leng
 def tokenize_preference_pairs(tokenizer, pairs, max_length: int) -> list[dict]:
     """``prompt/chosen/rejected`` rows -> per row, ``{"chosen": row, "rejected": row}`` as :func:`tokenize_pair`
     makes them: what a reward model and DPO train on. Each distinct prompt is tokenised once for both replies."""
-    pairs = list(pairs)
+    pairs = rows_of(pairs)
     rows = tokenize_pairs(tokenizer, [r["prompt"] for r in pairs] * 2,
                           [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs], max_length)
     return [{"chosen": c, "rejected": r} for c, r in zip(rows[:len(pairs)], rows[len(pairs):])]

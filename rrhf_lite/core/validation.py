@@ -57,6 +57,30 @@ def _column_names(ds) -> list[str]:
                     f"got {type(ds).__name__}")
 
 
+def _check_lengths(ds: Mapping) -> None:
+    """A dict of columns must hold columns of one length: name the first that differs."""
+    lengths = {name: len(values) if hasattr(values, "__len__") and not isinstance(values, str) else None
+               for name, values in ds.items()}
+    first = next(iter(lengths), None)
+    for name, length in lengths.items():
+        if length is None:
+            raise DataValidationError(name, None, f"expected a list of values (a dict holds columns), got "
+                                                  f"{_short(ds[name])}")
+        if length != lengths[first]:
+            raise DataValidationError(name, None, f"has {length} values but {first!r} has {lengths[first]}: the "
+                                                  f"columns of a dict must be equally long")
+
+
+def rows_of(ds) -> list[dict]:
+    """The rows of a ``datasets.Dataset``, a dict of equally long columns or a list of rows, as a list of dicts: what
+    the tokenising functions iterate over, whichever of the three a user passes."""
+    if isinstance(ds, Mapping):
+        _check_lengths(ds)
+        return [dict(zip(ds, values)) for values in zip(*ds.values())]
+    _column_names(ds)  # a clear error for anything else
+    return list(ds)
+
+
 def _column(ds, column: str) -> list:
     """The values of ``column``, one per row; for a list of rows, :class:`DataValidationError` if a row lacks the key
     (:func:`_rows` has checked a dataset's or dict's columns already)."""
@@ -75,6 +99,8 @@ def _column(ds, column: str) -> list:
 def _rows(ds, columns: Iterable[str]) -> dict[str, list]:
     """Every column asked for (checked for presence first, so a missing column is reported before any bad row)."""
     columns = list(columns)
+    if isinstance(ds, Mapping):
+        _check_lengths(ds)
     if not isinstance(ds, (list, tuple)):
         names = _column_names(ds)
         for column in columns:

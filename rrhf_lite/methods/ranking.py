@@ -22,7 +22,7 @@ import torch
 from rrhf_lite.core.logprobs import pad_batch, sequence_logprobs, tokenize_pairs
 from rrhf_lite.core.loop import TrainConfig, train
 from rrhf_lite.core.losses import pro_loss, rrhf_loss
-from rrhf_lite.core.validation import report_truncation, validate_rankings, validate_tokenizer
+from rrhf_lite.core.validation import report_truncation, rows_of, validate_rankings, validate_tokenizer
 
 
 def tokenize_rankings(tokenizer, rankings, max_length: int) -> list[dict]:
@@ -32,7 +32,7 @@ def tokenize_rankings(tokenizer, rankings, max_length: int) -> list[dict]:
     a warning.
     """
     validate_tokenizer(tokenizer)
-    rankings = list(rankings)
+    rankings = rows_of(rankings)
     flat = tokenize_pairs(tokenizer, [row["prompt"] for row in rankings for _ in row["responses"]],
                           [r for row in rankings for r in row["responses"]], max_length)
     rows, start = [], 0

@@ -34,7 +34,7 @@ from rrhf_lite.core.logprobs import (
 from rrhf_lite.core.loop import TrainConfig, train
 from rrhf_lite.core.losses import reward_loss
 from rrhf_lite.core.models import load_for_training
-from rrhf_lite.core.validation import report_truncation, validate_preference_dataset, validate_tokenizer
+from rrhf_lite.core.validation import report_truncation, rows_of, validate_preference_dataset, validate_tokenizer
 
 
 def tokenize_comparisons(tokenizer, dataset, max_length: int) -> list[dict]:
@@ -93,8 +93,10 @@ def score(model, tokenizer, prompts: list[str], replies: list[str], max_length: 
 
 def score_pairs(model, tokenizer, pairs, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and the rejected reply of every comparison in ``pairs``."""
-    chosen = score(model, tokenizer, pairs["prompt"], pairs["chosen"], max_length)
-    rejected = score(model, tokenizer, pairs["prompt"], pairs["rejected"], max_length)
+    rows = rows_of(pairs)  # a Dataset, a dict of columns or a list of rows
+    prompts = [r["prompt"] for r in rows]
+    chosen = score(model, tokenizer, prompts, [r["chosen"] for r in rows], max_length)
+    rejected = score(model, tokenizer, prompts, [r["rejected"] for r in rows], max_length)
     return chosen, rejected
 
 

@@ -16,7 +16,7 @@ import torch
 from rrhf_lite.core.logprobs import pad_batch, sequence_logprobs, tokenize_pairs
 from rrhf_lite.core.loop import TrainConfig, train
 from rrhf_lite.core.losses import sft_loss
-from rrhf_lite.core.validation import report_truncation, validate_demonstrations, validate_tokenizer
+from rrhf_lite.core.validation import report_truncation, rows_of, validate_demonstrations, validate_tokenizer
 
 
 def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
@@ -27,7 +27,7 @@ def tokenize_demonstrations(tokenizer, dataset, max_length: int) -> list[dict]:
     :class:`rrhf_lite.core.validation.DataWarning` (:func:`rrhf_lite.core.validation.report_truncation`).
     """
     validate_tokenizer(tokenizer)
-    dataset = list(dataset)
+    dataset = rows_of(dataset)
     rows = tokenize_pairs(tokenizer, [r["prompt"] for r in dataset], [r["completion"] for r in dataset], max_length)
     report_truncation((("completion", i, r) for i, r in enumerate(rows)), max_length, "SFT demonstrations")
     return rows
