@@ -271,7 +271,8 @@ def test_max_rows_parses_nothing_after_the_rows_it_keeps(tmp_path, name):
     ds = load_preferences(source, max_rows=5)
     assert ds.to_list() == rows[:5]
     assert len(load_preferences(source, max_rows=20_000)) == 20_000  # the last good row, not one more
-    with pytest.raises(datasets.exceptions.DatasetGenerationError):  # the whole file: its bad line is read
+    with pytest.raises(ValueError, match=r"train.jsonl', line 20001: not valid JSON" if name == "folder" else
+                       rf"{name}', line 20001: not valid JSON"):  # the whole file: its bad line is read, and named
         load_preferences(source)
 
 
@@ -356,3 +357,53 @@ def test_sources_that_are_not_there_or_not_data(tmp_path, monkeypatch):
         load_preferences(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="max_rows must be a positive number"):
         load_preferences(FIXTURE, max_rows=0)
+
+
+# --- bad files: each named with its file and, where there is one, its line or row ---------------------------------
+def test_text_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes(json.dumps(EXPECTED[0]).encode() + b"\n" + b'{"prompt": "caf\xe9"}\n')
+    for max_rows in (None, 5):
+        with pytest.raises(ValueError, match=r"prefs.jsonl', line 2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+            load_preferences(path, max_rows=max_rows)
+    array = tmp_path / "prefs.json"
+    array.write_bytes(b'[\n{"prompt": "caf\xe9"}\n]')
+    with pytest.raises(ValueError, match=r"prefs.json', line 2: not UTF-8 text"):
+        load_preferences(array)
+
+
+def test_an_empty_file_and_a_fake_gzip_are_named(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    for max_rows in (None, 3):
+        with pytest.raises(ValueError, match=r"empty.jsonl': no rows"):
+            load_preferences(tmp_path / "empty.jsonl", max_rows=max_rows)
+    fake = tmp_path / "prefs.jsonl.gz"
+    fake.write_text(json.dumps(EXPECTED[0]) + "\n")  # plain text under a .gz name
+    with pytest.raises(ValueError, match=r"prefs.jsonl.gz': cannot be read \(BadGzipFile.*must be a gzip"):
+        load_preferences(fake)
+
+
+@pytest.mark.parametrize("name", ["prefs.jsonl", "prefs.json"])
+def test_a_column_whose_values_change_type_is_named_not_converted(tmp_path, name):
+    """A number among strings: named with its line (JSON Lines) or row (an array), with or without max_rows; a JSON
+    array read with max_rows used to turn the column into JSON text ('" yes"', '5') without a word."""
+    rows = [dict(EXPECTED[0]), dict(EXPECTED[1], rejected=5)]
+    path = tmp_path / name
+    path.write_text(json.dumps(rows, indent=1) if name.endswith(".json") else
+                    "".join(json.dumps(r) + "\n" for r in rows))
+    where = r"line 2" if name.endswith(".jsonl") else r"row 1"
+    for max_rows in (None, 2):
+        with pytest.raises(DataValidationError, match=rf"column 'rejected', row 1: '.*{name}', {where}: a number "
+                                                     rf"\(5\), where .* holds a string"):
+            load_preferences(path, max_rows=max_rows)
+
+
+def test_raw_hh_rows_that_cannot_be_split_are_dropped_with_their_own_reason(tmp_path, capsys):
+    h = "\n\nHuman: hi\n\nAssistant: yo"
+    rows = [{"chosen": h, "rejected": h + " a"}, {"chosen": "\n\nHuman: no reply", "rejected": h},
+            {"chosen": h, "rejected": "\n\nHuman: other\n\nAssistant: z"}]
+    kept = load_preferences(write_file(tmp_path / "hh.jsonl", rows))
+    assert len(kept) == 1
+    said = capsys.readouterr().out
+    assert "dropped 2 of 3 rows" in said and "no Assistant turn in 'chosen' (first: row 1)" in said
+    assert "the chosen and rejected prompts differ (first: row 2)" in said

@@ -21,6 +21,7 @@ Bad rows raise :class:`DataValidationError`, which names the column and the row.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -80,27 +81,39 @@ def hh_to_preference(chosen_dialogue: str, rejected_dialogue: str, row: int | No
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def _why_dropped(error: DataValidationError) -> str:
+    """The reason of a row :func:`hh_to_preference` could not split, without the row's own text."""
+    if "differs" in error.message:
+        return "the chosen and rejected prompts differ"
+    if error.message.startswith("no "):
+        return f"no Assistant turn in '{error.column}'"
+    return f"{error.message.split(':')[0]} in '{error.column}'"
+
+
 def hh_dataset_to_preferences(ds, on_mismatch: str = "raise"):
     """A dataset with HH ``chosen``/``rejected`` dialogue columns -> ``prompt/chosen/rejected``.
 
-    ``on_mismatch="skip"`` drops rows whose two dialogues do not share a prompt (a few real HH rows) and prints
-    how many were dropped; ``"raise"`` stops at the first one.
+    ``on_mismatch="skip"`` drops rows that cannot be split (two dialogues that do not share a prompt, as in a few
+    real HH rows, or a dialogue without an Assistant turn) and prints how many were dropped for each reason, with the
+    first such row; ``"raise"`` stops at the first one.
     """
     if on_mismatch not in ("raise", "skip"):
         raise ValueError(f"on_mismatch must be 'raise' or 'skip', got {on_mismatch!r}")
     for column in ("chosen", "rejected"):
         if column not in ds.column_names:
             raise DataValidationError(column, None, f"missing; the dataset has {ds.column_names}")
-    keep = []
+    keep, dropped = [], {}  # why a row was dropped -> the rows
     for i, (c, r) in enumerate(zip(ds["chosen"], ds["rejected"])):
         try:
             hh_to_preference(c, r, row=i)
             keep.append(i)
-        except DataValidationError:
+        except DataValidationError as e:
             if on_mismatch == "raise":
                 raise
+            dropped.setdefault(_why_dropped(e), []).append(i)
     if len(keep) < len(ds):
-        print(f"HH-RLHF: dropped {len(ds) - len(keep)} of {len(ds)} rows whose chosen and rejected prompts differ")
+        reasons = "; ".join(f"{len(rows)}: {reason} (first: row {rows[0]})" for reason, rows in dropped.items())
+        print(f"HH-RLHF: dropped {len(ds) - len(keep)} of {len(ds)} rows. {reasons}")
         ds = ds.select(keep)
     parsed = ds.map(lambda row: hh_to_preference(row["chosen"], row["rejected"]), remove_columns=ds.column_names)
     return parsed.select_columns(["prompt", "chosen", "rejected"])
@@ -232,16 +245,34 @@ def _split_files(folder: Path, split: str) -> list[Path]:
 
 
 def _read_files(files: list[Path], max_rows: int | None):
-    """Local data files of one format, all rows or the first ``max_rows`` (without parsing the rows after them)."""
+    """Local data files of one format, all rows or the first ``max_rows`` (without parsing the rows after them).
+
+    JSON (JSON Lines or one JSON array, gzipped or not) is parsed here, row by row, so that every problem is named
+    with its file and line (or row): text that is not UTF-8, a line that is not JSON or not an object, a file that
+    is not the gzip its name says, a column whose values change type, a file with no rows. Parquet and CSV are read
+    by ``datasets``; what it cannot read is reported with the file's name."""
     import datasets
 
     builder = _file_builder(files[0])
-    if max_rows is None:
-        return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
-    if builder == "json" and not _is_json_array(files[0]):
-        return datasets.Dataset.from_list(_json_lines(files, max_rows))
-    stream = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=True)
-    return _first_rows(stream, max_rows)
+    if builder == "json":
+        rows, where = _json_rows(files, max_rows)
+        return _json_dataset(rows, where, files)
+    try:
+        if max_rows is None:
+            ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
+        else:
+            stream = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+                                           streaming=True)
+            ds = _first_rows(stream, max_rows)
+    except Exception as e:  # pyarrow's and datasets' many errors, each without the file's name
+        raise ValueError(f"{_names(files)}: cannot be read as {builder} ({type(e).__name__}: {str(e)[:300]})") from e
+    if len(ds) == 0:
+        raise ValueError(f"{_names(files)}: no rows")
+    return ds
+
+
+def _names(files: list[Path]) -> str:
+    return ", ".join(repr(str(p)) for p in files)
 
 
 def _first_rows(stream, max_rows: int):
@@ -251,41 +282,141 @@ def _first_rows(stream, max_rows: int):
     return datasets.Dataset.from_list(list(stream.take(max_rows)))
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz") else \
-        open(path, encoding="utf-8")
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _reading(path: Path, action):
+    """``action()``, with a file that is not the gzip its name says reported by name."""
+    try:
+        return action()
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{str(path)!r}: cannot be read ({type(e).__name__}: {e}); a name ending in .gz must be a "
+                         f"gzip-compressed file") from None
+
+
+def _decoded(path: Path, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r}, line {number}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                         f"{e.start + 1}); save the file as UTF-8") from None
 
 
 def _is_json_array(path: Path) -> bool:
     """Whether a ``.json`` file holds one JSON array (``[{...}, ...]``) rather than JSON Lines."""
-    with _open_text(path) as f:
-        for line in f:
-            if line.strip():
-                return line.lstrip().startswith("[")
-    return False
+    def first_character() -> bytes:
+        with _open_bytes(path) as f:
+            for line in f:
+                if line.strip():
+                    return line.lstrip()[:1]
+        return b""
+
+    return _reading(path, first_character) == b"["
 
 
-def _json_lines(files: list[Path], max_rows: int) -> list[dict]:
-    """The first ``max_rows`` rows of JSON Lines files (one JSON object per line), parsed one line at a time: the
-    lines after them are never parsed (and a bad one there raises nothing)."""
+def _json_rows(files: list[Path], max_rows: int | None) -> tuple[list[dict], list[str]]:
+    """The rows of JSON files (JSON Lines, or one JSON array per file), the first ``max_rows`` or all, with where each
+    came from (``'<file>', line <n>`` or ``row <i>``). JSON Lines are parsed one line at a time: the lines after the
+    first ``max_rows`` rows are never parsed (and a bad one there raises nothing)."""
     rows: list[dict] = []
+    where: list[str] = []
+
+    def add(row, place: str) -> bool:
+        if not isinstance(row, dict):
+            raise ValueError(f"{place}: expected a JSON object (one row), got {_short(row)}")
+        rows.append(row)
+        where.append(place)
+        return max_rows is not None and len(rows) >= max_rows
+
     for path in files:
-        with _open_text(path) as f:
-            for number, line in enumerate(f, start=1):  # line numbers as an editor shows them, from 1
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{str(path)!r}, line {number}: not valid JSON ({e}); a JSON Lines file holds "
-                                     f"one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{str(path)!r}, line {number}: expected a JSON object (one row), got "
-                                     f"{_short(row)}")
-                rows.append(row)
-                if len(rows) == max_rows:
-                    return rows
-    return rows
+        if _is_json_array(path):
+            data = _reading(path, functools.partial(_all_bytes, path))
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line_start, line = data.rfind(b"\n", 0, e.start) + 1, data.count(b"\n", 0, e.start) + 1
+                raise ValueError(f"{str(path)!r}, line {line}: not UTF-8 text (byte "
+                                 f"{data[e.start]:#04x} at column {e.start - line_start + 1}); save the file as "
+                                 f"UTF-8") from None
+            try:
+                array = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{str(path)!r}, line {e.lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(array, list):
+                raise ValueError(f"{str(path)!r}: expected a JSON array of objects, got {_short(array)}")
+            for i, row in enumerate(array):
+                if add(row, f"{str(path)!r}, row {i}"):
+                    return rows, where
+            continue
+        for number, raw in _reading(path, functools.partial(_file_lines, path, max_rows, len(rows))):
+            line = _decoded(path, number, raw)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{str(path)!r}, line {number}: not valid JSON ({e}); a JSON Lines file holds "
+                                 f"one JSON object per line") from None
+            if add(row, f"{str(path)!r}, line {number}"):
+                return rows, where
+    return rows, where
+
+
+def _all_bytes(path: Path) -> bytes:
+    with _open_bytes(path) as f:
+        return f.read()
+
+
+def _file_lines(path: Path, max_rows: int | None, have: int) -> list[tuple[int, bytes]]:
+    """The ``(number, bytes)`` lines of a file (numbered from 1, as an editor shows them), stopping once ``have``
+    rows and the non-blank lines read make ``max_rows``."""
+    lines = []
+    with _open_bytes(path) as f:
+        for number, raw in enumerate(f, start=1):
+            lines.append((number, raw))
+            if raw.strip():
+                have += 1
+                if max_rows is not None and have >= max_rows:
+                    break
+    return lines
+
+
+def _kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _json_dataset(rows: list[dict], where: list[str], files: list[Path]):
+    """Parsed JSON rows as a ``datasets.Dataset``, after checking that each column holds one type (Arrow would
+    refuse a mix with an error that names neither the row nor the column, or turn the values into JSON text)."""
+    import datasets
+
+    if not rows:
+        raise ValueError(f"{_names(files)}: no rows (an empty file?)")
+    first: dict[str, tuple[str, int]] = {}
+    for i, row in enumerate(rows):
+        for column, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            seen = first.setdefault(column, (kind, i))
+            if seen[0] != kind:
+                raise DataValidationError(column, i, f"{where[i]}: {kind} ({_short(value)}), where {where[seen[1]]} "
+                                                     f"holds {seen[0]}; a column holds one type")
+    try:
+        return datasets.Dataset.from_list(rows)
+    except Exception as e:  # nested values of different shapes (Arrow's errors name neither row nor column)
+        raise ValueError(f"{_names(files)}: the rows do not fit one table ({type(e).__name__}: {str(e)[:300]})") from e
 
 
 def _read_saved(folder: Path, split: str, max_rows: int | None):

@@ -32,7 +32,7 @@ class DataValidationError(ValueError):
     """A problem with one column of one row (or of all rows, when ``row`` is None)."""
 
     def __init__(self, column: str, row: int | None, message: str):
-        self.column, self.row = column, row
+        self.column, self.row, self.message = column, row, message
         where = "all rows" if row is None else f"row {row}"
         super().__init__(f"column {column!r}, {where}: {message}")
 
