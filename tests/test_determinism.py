@@ -50,12 +50,23 @@ def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
     assert not different, f"same seed, different weights: {different[:5]}"
 
 
+def assert_same_files(a_dir: Path, b_dir: Path) -> None:
+    """Every file the two runs wrote, byte for byte: weights, adapter configs, tokenizers, histories (no machine's
+    paths, no set written in a process's own order)."""
+    files = sorted(p.relative_to(a_dir) for p in a_dir.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b_dir) for p in b_dir.rglob("*") if p.is_file())
+    different = [str(f) for f in files if (a_dir / f).read_bytes() != (b_dir / f).read_bytes()]
+    assert not different, f"same seed, different files: {different}"
+
+
 def run_twice(train, tmp_path: Path) -> tuple[list[dict], list[dict]]:
-    """Train into ``tmp_path/a`` and ``tmp_path/b``; check the two runs saved identical weights; return histories."""
+    """Train into ``tmp_path/a`` and ``tmp_path/b``; check the two runs saved identical weights and files; return
+    histories."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first, second = train(tmp_path / "a"), train(tmp_path / "b")
     assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert_same_files(tmp_path / "a", tmp_path / "b")
     assert first and all(math.isfinite(v) for row in first for v in row.values() if isinstance(v, float))
     return first, second
 
@@ -104,6 +115,23 @@ def test_a_fresh_process_with_another_hash_seed_gets_the_same_numbers(paths, tmp
         there = json.loads((tmp_path / "sub" / stage / "history.json").read_text())["history"]
         assert here == there, stage
         assert_same_weights(tmp_path / "here" / stage, tmp_path / "sub" / stage)
+        assert_same_files(tmp_path / "here" / stage, tmp_path / "sub" / stage)  # a set's order is the hash seed's
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_two_builds_from_two_folders_write_the_same_bytes(stage, paths, tmp_path):
+    """The same stage built from a base model in another folder (another runs folder, another machine): no path of
+    this machine in what it saves (peft records the base model's folder in adapter_config.json)."""
+    import shutil
+
+    outs = []
+    for name in ("one", "two"):
+        model = shutil.copytree(paths["model"], tmp_path / name / "base")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            STAGES[stage](profile_for(stage), tmp_path / name / "out", {**paths, "model": model})
+        outs.append(tmp_path / name / "out")
+    assert_same_files(*outs)
 
 
 def test_another_seed_gives_other_numbers(paths, tmp_path):

@@ -48,7 +48,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from rrhf_lite.core.models import count_parameters
+from rrhf_lite.core.models import count_parameters, reproducible_saved_files
 from rrhf_lite.core.parallel import average_gradients, batch_values, shard_weight, split_batches
 
 
@@ -377,6 +377,7 @@ def save_run(out_dir: str | Path, model, tokenizer, history: list[dict], *, fold
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir / folder)
     tokenizer.save_pretrained(out_dir / folder)
+    reproducible_saved_files(out_dir / folder)
     counted = model if counted is None else counted
     summary = {**extra, "trainable_parameters": count_parameters(counted, trainable_only=True),
                "parameters": count_parameters(counted), "history": history}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -302,8 +303,41 @@ def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path, dt
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    reproducible_saved_files(out_dir)
     return Path(out_dir)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# Written by transformers into tokenizer_config.json from how the tokenizer was *loaded* (offline or not, from a
+# folder or not), not from what it is: left out, so that the same tokenizer saves the same bytes anywhere.
+LOAD_TIME_KEYS = ("local_files_only", "is_local", "name_or_path")
+
+
+def reproducible_saved_files(folder: str | Path) -> None:
+    """Make what ``save_pretrained`` wrote into ``folder`` the same bytes for the same model, wherever and however it
+    was built: in peft's ``adapter_config.json`` the keys and ``target_modules`` sorted (peft writes a set, in an
+    order that changes from process to process) and ``base_model_name_or_path`` left out when it is a folder on this
+    machine (an adapter is always loaded onto a base model given explicitly; a hub id is kept); peft's model-card
+    template (``README.md``, "More Information Needed" throughout, the base model's folder on top) removed; in
+    ``tokenizer_config.json`` the load-time settings :data:`LOAD_TIME_KEYS` left out."""
+    folder = Path(folder)
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        config = json.loads(adapter.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        base = config.get("base_model_name_or_path")
+        if isinstance(base, str) and (os.path.isabs(base) or Path(base).expanduser().exists()):
+            config["base_model_name_or_path"] = None
+        adapter.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    card = folder / "README.md"  # peft's empty model-card template, whose front matter names the base model's folder
+    if card.is_file() and "library_name: peft" in card.read_text(errors="ignore")[:500]:
+        card.unlink()
+    tokenizer = folder / "tokenizer_config.json"
+    if tokenizer.is_file():
+        config = json.loads(tokenizer.read_text())
+        tokenizer.write_text(json.dumps({k: v for k, v in config.items() if k not in LOAD_TIME_KEYS}, indent=2,
+                                        ensure_ascii=False) + "\n")

@@ -308,7 +308,7 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
                 _ANNOUNCED.add(final)
                 return final
             info = {"stage": stage, "profile": profile.name, "fields": {f: getattr(profile, f) for f in fields},
-                    "depends_on": [str(p) for p in depends_on],
+                    "depends_on": [_upstream_id(p) for p in depends_on],  # <stage>/<key>: no machine's path
                     "code": {"modules": module_closure(code), "hash": code_hash(code)} if code else None,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "build_seconds": round(time.perf_counter() - start, 2), "versions": _versions(),

@@ -74,6 +74,7 @@ from rrhf_lite.core.logprobs import (
 )
 from rrhf_lite.core.loop import guarded_step, load_checkpoint, read_checkpoint, save_checkpoint
 from rrhf_lite.core.losses import gae, kl_penalty, ppo_policy_loss, ppo_value_loss, whiten
+from rrhf_lite.core.models import reproducible_saved_files
 from rrhf_lite.core.sampling import generate_tokens
 
 
@@ -507,6 +508,7 @@ def train_ppo(model, tokenizer, reward_fn, prompts: list[str], config: PPOConfig
         done = iteration + 1
         if snapshot_dir is not None and config.snapshot_every and done % config.snapshot_every == 0:
             model.policy.save_pretrained(Path(snapshot_dir) / f"{done:04d}" / "adapter")
+            reproducible_saved_files(Path(snapshot_dir) / f"{done:04d}" / "adapter")
         if checkpoint_dir and config.checkpoint_every and done % config.checkpoint_every == 0 and done < iterations:
             save_checkpoint(checkpoint_dir, model, optimizer, controller, done, history)
     return history
