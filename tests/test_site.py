@@ -64,7 +64,11 @@ def build_small_site(runs: Path) -> Path:
         "import matplotlib.pyplot as plt\nplt.plot([0, 1, 2], [0, 1, 4])\nplt.title('gold reward')\nplt.show()",
         "print('sanity check: ln 2 =', round(__import__('math').log(2), 4))"])
     lesson(notebooks / "09_side_by_side.ipynb", "09", "Side by side", [
-        "import pandas as pd\npd.DataFrame({'gold_reward': [2.1, 3.0]}, index=['SFT', 'DPO'])"])
+        "import pandas as pd\npd.DataFrame({'gold_reward': [2.1, 3.0]}, index=['SFT', 'DPO'])",
+        # outputs no lesson makes on purpose: HTML with a script, JavaScript (the site keeps their text versions)
+        "from IPython.display import HTML, Javascript, display\n"
+        "display(HTML('<b>planted</b><script>fetch(\"https://example.com/steal\")</script>'))\n"
+        "display(Javascript('document.title = \"owned\"'))"])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -124,8 +128,14 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
     assert "assets/09_frontier.png" in home and 'class="dataframe results"' in home
     assert "3.00 [2.80, 3.20]" in home  # DPO's gold reward with its interval, as lesson 09 shows it
     record = execution_record.tree_state()
-    for page in ("index.html", "00_tiny_world.html"):  # every page says what it was built from
-        assert f"Built from commit {record['commit'][:10]}" in (site / page).read_text()
+    for page in ("index.html", "00_tiny_world.html", "09_side_by_side.html"):  # every page says what it was built from
+        text = (site / page).read_text()
+        assert f"Built from commit {record['commit'][:10]}" in text
+        assert f'<meta http-equiv="Content-Security-Policy" content="{make_site.CONTENT_SECURITY_POLICY}">' in text
+    side_by_side = (site / "09_side_by_side.html").read_text()
+    assert 'class="dataframe"' in side_by_side  # the table the lesson displays on purpose
+    assert '<script>fetch("https://example.com' not in side_by_side  # the planted output's script is gone (its
+    # source code still shows in the code cell, escaped); the browser below checks that nothing ran
 
     with browser() as playwright:
         base = serve(site)
@@ -157,6 +167,8 @@ def test_the_site_of_two_lessons_in_chromium(tmp_path):
             links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
             for link in {link.split("#")[0] for link in links if link.startswith(base)}:
                 assert page.request.get(link).status == 200, (url, link)
+        visit(base + "09_side_by_side.html")
+        assert page.title() != "owned"  # the planted JavaScript output did not run
         visit(base + "00_tiny_world.html")
         assert page.locator(TYPESET).count() == 4  # three inline formulas and one display
         assert page.locator(".jp-OutputArea-output img").count() == 1  # the plot, with its size checked above

@@ -47,6 +47,18 @@ MATHJAX_URL = "assets/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 MATHJAX_FILES = ("MathJax.js", "LICENSE", "config/TeX-AMS_CHTML-full.js", "config/Safe.js", "extensions",
                  "localization/en", "jax/input/TeX", "jax/output/CommonHTML", "jax/element", "fonts/HTML-CSS/TeX/woff")
 COLAB_BADGE = re.compile(r"https://colab\.research\.google\.com/assets/colab-badge\.svg")
+# Every page may load only the site's own files (scripts, styles, images, fonts, the search worker) and send nothing
+# anywhere: a notebook output that tried would be refused by the browser. Inline scripts and eval stay allowed:
+# nbconvert writes the page's MathJax configuration as an inline text/x-mathjax-config block, which MathJax 2 runs
+# with eval (the outputs that could hold a script of their own are removed in page_notebook).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+                           "style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self'; "
+                           "object-src 'none'; frame-src 'none'; base-uri 'self'; form-action 'self'")
+# The rich outputs a lesson makes on purpose: pandas tables (HTML, with a text version) and figures; anything else a
+# cell can display (JavaScript, other HTML, widgets) is kept only as its text version
+KEPT_OUTPUTS = ("text/plain", "image/png", "image/svg+xml", "text/markdown", "text/latex")
+DATAFRAME_HTML = re.compile(r'\A\s*<div>\s*(<style scoped>.*?</style>\s*)?<table border="1" class="dataframe', re.S)
 
 
 def install_mathjax(cache: Path) -> Path:
@@ -98,13 +110,22 @@ def page_notebook(source: Path, target: Path, record: dict) -> str:
                   f"commit `{record['commit'][:10]}` on {record['date']}, profile `{record['profile']}`")
     nb.cells.insert(1, nbformat.v4.new_markdown_cell(provenance))
     # progress bars are widgets in an executed notebook: keep their text, drop the widget state, which would make the
-    # page load the widget library from a CDN
+    # page load the widget library from a CDN; and every rich output but tables and figures (KEPT_OUTPUTS)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         for output in cell.get("outputs", []):
-            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+            data = output.get("data", {})
+            for kind in [k for k in data if k not in KEPT_OUTPUTS]:
+                if not (kind == "text/html" and is_table(data[kind])):
+                    del data[kind]
     nbformat.write(nb, target)
     return title
+
+
+def is_table(html_output) -> bool:
+    """Whether an HTML output is a pandas table (what lessons display on purpose) with no script in it."""
+    text = "".join(html_output) if isinstance(html_output, list) else str(html_output)
+    return bool(DATAFRAME_HTML.match(text)) and "<script" not in text.lower()
 
 
 def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, outputs: Path) -> list[dict]:
@@ -149,9 +170,12 @@ def mkdocs_config(profile: str, docs: Path, site: Path, nav: list[dict], record:
         "nav": nav,
         "copyright": html.escape(f"Built from commit {record['commit'][:10]} (executed {record['date']}), profile "
                                  f"{profile}"),
+        # website/overrides/main.html puts CONTENT_SECURITY_POLICY in every page's head
         "theme": {"name": "material", "font": False,  # no web fonts: nothing is fetched from another host
+                  "custom_dir": str(Path(__file__).resolve().parent / "overrides"),
                   "features": ["navigation.footer", "navigation.top"]},
         "markdown_extensions": ["tables", "attr_list"],
+        "extra": {"content_security_policy": CONTENT_SECURITY_POLICY},
         "plugins": [{"search": {}},
                     {"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": True,
                                         "custom_mathjax_url": MATHJAX_URL}}],
