@@ -99,6 +99,9 @@ def plot_calibration(cal, ax=None, title: str = "Reward-model calibration"):
     return ax
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")  # one per method, with its colour
+
+
 def plot_frontier(table, bon_curve, bon_draws=None, *, sqrt_kl: bool = False, reward: str = "gold", ax=None,
                   legend: bool = True):
     """Reward against KL from the SFT model (or against sqrt(KL)): the reward-KL frontier of lesson 09.
@@ -116,10 +119,12 @@ def plot_frontier(table, bon_curve, bon_draws=None, *, sqrt_kl: bool = False, re
         ax.scatter(x(bon_draws["kl_bound"]), bon_draws[reward], facecolors="none", edgecolors="0.4",
                    label="best-of-n (drawn)")
     column = f"{reward}_reward"
-    for name, row in table.iterrows():
-        if name.startswith("best-of-"):
-            continue
-        marker = ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name)
+    methods = [name for name in table.index if not name.startswith("best-of-")]
+    colours = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colours
+    for i, name in enumerate(methods):
+        row = table.loc[name]
+        marker = ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name, color=colours[2 * i % 20 + i // 10],
+                            marker=MARKERS[i % len(MARKERS)])
         if f"{column}_lo" in row and not np.isnan(row[f"{column}_lo"]):  # 95% intervals over held-out prompts
             kl_lo, kl_hi = x(max(row["kl_lo"], 0.0)), x(row["kl_hi"])
             ax.errorbar(x(row["kl"]), row[column], color=marker.get_facecolor()[0], lw=1, capsize=2, zorder=2,
