@@ -37,10 +37,9 @@ TRL's logging, saving and evaluation are off (``logging_strategy="no"``, ``save_
 
 **What differs** (it is each library's own way of doing the same step):
 
-* ours records the policy's own log-probs of the samples in a no-grad pass during the rollout (``collect_groups``);
-  with ``num_iterations=1`` and one step per generation TRL skips that pass and uses the training forward's detached
-  log-probs as the old ones (identical numbers: the ratio is 1 at the first and only step). So ours runs one more
-  no-grad forward over the 16 completions per step;
+* the old log-probs: with one step per rollout, both take the training forward's detached log-probs as the old ones
+  (identical numbers: the ratio is 1 at the first and only step), ours since commit 06a93e8 (``collect_groups``'s
+  ``first_step_rows``; before it, ours ran one more no-grad forward over the 16 completions per step);
 * TRL's training forward also computes the per-token entropy (for its logs), and its LM head is TRL's fused head
   (``add_fused_lm_head``), ours ``rrhf_lite.core.logprobs.head_logprobs``; TRL also computes clip-ratio and reward
   statistics every step even with logging off;
