@@ -292,7 +292,7 @@ def test_a_hub_id_is_streamed_when_max_rows_is_given(monkeypatch):
             yield {"chosen": f"\n\nHuman: Q{k}?\n\nAssistant: Yes.", "rejected": f"\n\nHuman: Q{k}?\n\nAssistant: No."}
 
     def fake_load_dataset(path, split=None, streaming=False, **kwargs):
-        calls.append((path, split, streaming))
+        calls.append((path, split, streaming, *kwargs.values()))
         if streaming:
             return datasets.IterableDataset.from_generator(endless)
         return datasets.Dataset.from_list(list(itertools.islice(endless(), 4)))
@@ -305,6 +305,8 @@ def test_a_hub_id_is_streamed_when_max_rows_is_given(monkeypatch):
     assert len(load_preferences("someone/prefs", split="test")) == 4
     assert calls[-1] == ("someone/prefs", "test", False)
     assert len(load_hh_rlhf(max_rows=2)) == 2 and calls[-1] == (HH_RLHF, "train", True)
+    load_preferences("someone/prefs", split="test", max_rows=2, revision="abc123")  # a pinned commit reaches the hub
+    assert calls[-1] == ("someone/prefs", "test", True, "abc123")
 
 
 def test_an_unknown_format_names_the_column_and_the_accepted_formats(tmp_path):

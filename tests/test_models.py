@@ -169,3 +169,26 @@ def test_importing_the_models_module_prints_nothing_and_opens_no_connection(offl
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout == "[]\n", f"importing rrhf_lite.core.models tried the network: {done.stdout}"
+
+
+def test_a_hub_model_is_loaded_at_the_pinned_revision(saved_model, tmp_path):
+    """profile.base_model_revision reaches from_pretrained: offline, a hub cache that holds one commit of "org/tiny"
+    loads at that commit and refuses another (a local folder takes no revision)."""
+    import os
+
+    from rrhf_lite.core.models import hub_revision
+
+    commit = "1" * 40
+    repo = tmp_path / "hub" / "models--org--tiny"
+    shutil.copytree(saved_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert hub_revision(saved_model, commit) == {} and hub_revision("org/tiny", commit) == {"revision": commit}
+    code = ("import sys\nfrom rrhf_lite.core.models import ModelConfig, load_model\n"
+            "model, tokenizer = load_model('org/tiny', ModelConfig(base_model_revision=sys.argv[1]))\nprint('loaded')")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    pinned = subprocess.run([sys.executable, "-c", code, commit], env=env, capture_output=True, text=True, timeout=300)
+    assert pinned.returncode == 0 and "loaded" in pinned.stdout, pinned.stderr[-2000:]
+    other = subprocess.run([sys.executable, "-c", code, "2" * 40], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode != 0 and "loaded" not in other.stdout

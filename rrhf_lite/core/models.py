@@ -65,6 +65,7 @@ class ModelConfig:
     lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS  # layers that get adapters (Llama/Qwen names)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     seed: int = 0  # initialises what loading creates at random (a fresh reward head)
+    base_model_revision: str | None = None  # the hub commit to load a hub model at (a local folder has none)
 
 
 def model_config(config) -> ModelConfig:
@@ -112,15 +113,21 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
                                    model_max_length=1_000_000)
 
 
-def load_tokenizer(path: str | Path, add_pad: bool = False) -> PreTrainedTokenizerFast:
+def hub_revision(path: str | Path, revision: str | None) -> dict:
+    """``{"revision": revision}`` for a hub id, nothing for a folder on this machine: what ``from_pretrained`` is given,
+    so that a run downloads the commit it was pinned to and not whatever the hub holds that day."""
+    return {"revision": revision} if revision and not Path(path).expanduser().exists() else {}
+
+
+def load_tokenizer(path: str | Path, add_pad: bool = False, revision: str | None = None) -> PreTrainedTokenizerFast:
     """Load a tokenizer and check it has a padding token distinct from end-of-sequence.
 
     Many hub tokenizers have no pad token, or reuse eos as pad (Qwen2.5 does). Then "the reply ended" and "this
     is padding" look the same, and a reward model or PPO reads the wrong position. With ``add_pad=True`` a
     ``<|pad|>`` token is added (the model's embedding matrix must have room for it, see :func:`_fit_embeddings`);
-    otherwise it is an error.
+    otherwise it is an error. ``revision``: the hub commit (:func:`hub_revision`).
     """
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **hub_revision(path, revision))
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         if not add_pad:
             problem = "no pad token" if tokenizer.pad_token is None else "a pad token equal to its eos token"
@@ -237,7 +244,8 @@ def load_model(path: str | Path, config=ModelConfig(), *, head: str = "lm"):
         raise ValueError(f"head must be 'lm' or 'reward', got {head!r}")
     config = model_config(config)
     dtype = getattr(torch, config.compute_dtype)
-    tokenizer = load_tokenizer(path, add_pad=True)
+    pinned = hub_revision(path, config.base_model_revision)
+    tokenizer = load_tokenizer(path, add_pad=True, revision=config.base_model_revision)
     cls = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
     extra = {"num_labels": 1} if head == "reward" else {}
     quantization = quantization_config(config)
@@ -245,7 +253,7 @@ def load_model(path: str | Path, config=ModelConfig(), *, head: str = "lm"):
     torch.manual_seed(config.seed)  # a fresh reward head is initialised at random: same seed, same head
     with quiet_loading():
         model, info = cls.from_pretrained(path, dtype=dtype, quantization_config=quantization, **placement,
-                                          output_loading_info=True, **extra)
+                                          output_loading_info=True, **pinned, **extra)
     missing = [k for k in info["missing_keys"] if not (head == "reward" and k.startswith("score."))]
     if missing:  # only a reward model's fresh head may be missing from a checkpoint
         raise ValueError(f"{path}: weights missing from the checkpoint: {missing[:5]}")
@@ -288,7 +296,8 @@ def load_for_training(path: str | Path, config=ModelConfig(), *, head: str = "lm
     return model, tokenizer
 
 
-def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path, dtype: str = "float32",
+                  revision: str | None = None) -> Path:
     """Fold a LoRA adapter into full-precision base weights and save the result as a plain model.
 
     The SFT stage does this so that every later method starts from "the SFT model" as its base: a fresh adapter on
@@ -296,7 +305,7 @@ def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path, dt
     16/32-bit, and later stages quantise the merged model again when they load it.
     """
     with quiet_loading():
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), **hub_revision(base, revision))
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     _fit_embeddings(model, tokenizer)
     with quiet_loading():

@@ -132,7 +132,8 @@ DATA_FILE_ENDINGS = {".jsonl": "json", ".jsonl.gz": "json", ".json": "json", ".j
                      ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_preferences(source, split: str = "train", max_rows: int | None = None, tokenizer=None):
+def load_preferences(source, split: str = "train", max_rows: int | None = None, tokenizer=None,
+                     revision: str | None = None):
     """Comparisons from anywhere, as a ``datasets.Dataset`` with exactly the columns ``prompt/chosen/rejected``.
 
     **Where from.** ``source`` is one of:
@@ -161,7 +162,8 @@ def load_preferences(source, split: str = "train", max_rows: int | None = None, 
        otherwise in HH's turn format (then only ``"user"`` and ``"assistant"`` roles are allowed).
 
     Any other layout raises :class:`DataValidationError` naming the column and listing the accepted formats.
-    Other columns are dropped. ``tokenizer`` is used for conversational data only.
+    Other columns are dropped. ``tokenizer`` is used for conversational data only. ``revision``: the commit of a hub
+    dataset to read (pin it, so that a run reads the data it was tested with).
 
     **max_rows** keeps the first rows only, and nothing after them is parsed: a JSON Lines file is read line by
     line; a hub dataset, a Parquet or CSV file or a JSON array file is streamed in blocks (a JSON array is parsed
@@ -173,7 +175,7 @@ def load_preferences(source, split: str = "train", max_rows: int | None = None, 
     """
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be a positive number of rows or None (all rows), got {max_rows}")
-    ds = _read_rows(source, split, max_rows)
+    ds = _read_rows(source, split, max_rows, revision)
     pairs = _to_preferences(ds, tokenizer)
     validate_preference_dataset(pairs, allow_empty_responses=True)
     return pairs
@@ -199,7 +201,7 @@ def looks_local(source: str) -> bool:
             or len(parts) != 2 or not all(parts) or Path(parts[0]).expanduser().is_dir())
 
 
-def _read_rows(source, split: str, max_rows: int | None):
+def _read_rows(source, split: str, max_rows: int | None, revision: str | None = None):
     """The rows of ``source`` as they are stored (any columns), as a ``datasets.Dataset``."""
     import datasets
 
@@ -217,9 +219,10 @@ def _read_rows(source, split: str, max_rows: int | None):
         raise FileNotFoundError(f"no such file or folder: {str(source)!r} (relative to {os.getcwd()}); a hub dataset "
                                 f"id is written owner/name")
     # Not on this machine: a dataset on the hub.
+    pinned = {"revision": revision} if revision else {}
     if max_rows is None:
-        return datasets.load_dataset(str(source), split=split)
-    return _first_rows(datasets.load_dataset(str(source), split=split, streaming=True), max_rows)
+        return datasets.load_dataset(str(source), split=split, **pinned)
+    return _first_rows(datasets.load_dataset(str(source), split=split, streaming=True, **pinned), max_rows)
 
 
 def _file_builder(path: Path) -> str | None:

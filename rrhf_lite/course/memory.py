@@ -36,6 +36,7 @@ import torch
 from transformers import AutoConfig
 
 from rrhf_lite.core.logprobs import LOGIT_CHUNK_ELEMENTS
+from rrhf_lite.core.models import hub_revision
 from rrhf_lite.course.sources import is_tiny_world
 
 GIB = 1024**3
@@ -224,4 +225,5 @@ def device_gib() -> float | None:
 def memory_report(profile, base, stage: str) -> str:
     """What a lesson prints before it trains ``stage`` on a real model: the estimate for ``base`` (a hub id or a
     folder; only its ``config.json`` is read), against this machine's GPU when it has one."""
-    return estimate_memory(profile, AutoConfig.from_pretrained(base), stage).describe(device_gib())
+    config = AutoConfig.from_pretrained(base, **hub_revision(base, profile.base_model_revision))
+    return estimate_memory(profile, config, stage).describe(device_gib())

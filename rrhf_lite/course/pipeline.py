@@ -62,7 +62,8 @@ from rrhf_lite.methods.ranking import shorten_rankings
 # What a stage's key holds besides its upstream stages and its code: the configs it trains with ("model_config",
 # "dpo_config": the profile's methods that build them, hashed whole, so a field added to a config enters every key
 # that uses it) and the course's own fields it reads (the world, the data, the evaluation).
-WORLD_FIELDS = ("seed", "dataset", "world_harmful_fraction", "world_label_temperature", "world_test_fraction")
+WORLD_FIELDS = ("seed", "dataset", "dataset_revision", "world_harmful_fraction", "world_label_temperature",
+                "world_test_fraction")
 BASE_FIELDS = WORLD_FIELDS + ("base_model", "pretrain_dialogues", "tokenizer_vocab_size", "n_layer", "n_head",
                               "hidden_size", "intermediate_size", "max_length", "pretrain_steps",
                               "pretrain_batch_size", "pretrain_lr", "pretrain_warmup_steps", "weight_decay",
@@ -169,8 +170,8 @@ def reward_stage(profile, force: bool = False) -> Path:
     return _build_with_checkpoints("reward", profile, REWARD_FIELDS, [sft], train_fn, force)
 
 
-JUDGE_FIELDS = WORLD_FIELDS + ("judge_model", "compute_dtype", "max_length", "eval_prompts", "max_new_tokens",
-                               "sample_temperature")
+JUDGE_FIELDS = WORLD_FIELDS + ("judge_model", "judge_revision", "compute_dtype", "max_length", "eval_prompts",
+                               "max_new_tokens", "sample_temperature")
 
 
 def judge_stage(profile, force: bool = False) -> Path:

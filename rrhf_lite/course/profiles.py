@@ -71,6 +71,10 @@ class Profile:
     # --- model --------------------------------------------------------------------------------------
     base_model: str | None = None  # hub id or local folder of the base model; None = build the tiny Llama below
     judge_model: str | None = None  # the gold judge: None = the tiny world's; else a reward model (hub id or folder)
+    # The hub commits to download (None: the hub's latest, whatever it is that day; a local folder has none)
+    base_model_revision: str | None = None  # commit of base_model on the hub
+    dataset_revision: str | None = None  # commit of dataset on the hub
+    judge_revision: str | None = None  # commit of judge_model on the hub
     tokenizer_vocab_size: int = 1024  # byte-level BPE vocabulary trained on the world's text (tiny, stand-ins)
     n_layer: int = 4  # transformer blocks of the tiny model (and of the rehearsal's stand-ins)
     n_head: int = 4  # attention heads of the tiny model (and of the stand-ins)

@@ -66,14 +66,14 @@ def judge_normalisation(profile, policy_path, judge) -> dict[str, float]:
     """The judge model's (``judge``: a folder or hub id) mean and std on the policy's own samples, as
     :func:`reward_normalisation` for the reward model: what :func:`judge_scorer` normalises with."""
     prompts, samples = normalisation_samples(profile, policy_path)
-    model, tokenizer = load_judge(judge, profile.compute_dtype)
+    model, tokenizer = load_judge(judge, profile.compute_dtype, profile.judge_revision)
     return normalisation(judge_scores(model, tokenizer, prompts, samples, profile.max_length))
 
 
 def judge_scorer(profile, stats: dict[str, float]):
     """The judge model of a real profile (``profile.judge_model``) as ``score(prompts, replies) -> list[float]``,
     normalised with ``stats`` (its mean and std on SFT samples)."""
-    model, tokenizer = load_judge(resolve(profile.judge_model, profile), profile.compute_dtype)
+    model, tokenizer = load_judge(resolve(profile.judge_model, profile), profile.compute_dtype, profile.judge_revision)
 
     def score(prompts: list[str], replies: list[str]) -> list[float]:
         return normalise(judge_scores(model, tokenizer, prompts, replies, profile.max_length), stats).tolist()

@@ -50,7 +50,8 @@ def preference_data(profile, split: str, n: int):
         return TinyWorld.from_profile(profile).preference_dataset(n, split)
     from rrhf_lite.core.preferences import load_preferences
 
-    return load_preferences(str(resolve(profile.dataset, profile)), split=split, max_rows=n)
+    return load_preferences(str(resolve(profile.dataset, profile)), split=split, max_rows=n,
+                            revision=profile.dataset_revision)
 
 
 def sft_data(profile):

@@ -65,7 +65,8 @@ def train_folder(profile, method: str, init_path, data, out: Path, checkpoint_di
     save_run(out, model, tokenizer, history, **({"method": method} if method in ("rrhf", "pro", "dpo") else {}),
              **({"beta": config.beta} if method == "dpo" else {}))
     if method == "sft":  # the SFT model every later stage starts from: the base with the adapter merged in
-        merge_adapter(init_path, out / "adapter", out / "model", dtype=profile.compute_dtype)
+        merge_adapter(init_path, out / "adapter", out / "model", dtype=profile.compute_dtype,
+                      revision=profile.base_model_revision)
     return history
 
 

@@ -20,15 +20,17 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rrhf_lite.core.logprobs import in_given_order, length_batches
-from rrhf_lite.core.models import default_device, quiet_loading
+from rrhf_lite.core.models import default_device, hub_revision, quiet_loading
 from rrhf_lite.core.preferences import parse_turns
 
 
-def load_judge(path, dtype: str = "float32"):
-    """The judge model (frozen, in ``dtype``, on the GPU if there is one) and its tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+def load_judge(path, dtype: str = "float32", revision: str | None = None):
+    """The judge model (frozen, in ``dtype``, on the GPU if there is one) and its tokenizer; ``revision``: the hub
+    commit to load it at."""
+    pinned = hub_revision(path, revision)
+    tokenizer = AutoTokenizer.from_pretrained(path, **pinned)
     with quiet_loading():
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype), **pinned)
     if getattr(model.config, "num_labels", 1) != 1:
         raise ValueError(f"the judge at {path} has {model.config.num_labels} labels; a reward model has one")
     return model.to(default_device()).eval(), tokenizer
