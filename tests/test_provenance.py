@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from rrhf_lite.course import pipeline
+from rrhf_lite.course import pipeline, provenance
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.provenance import PACKAGE_DIR, code_hash, imported_modules, module_closure, package_modules
 from rrhf_lite.course.stages import stage_path
@@ -121,3 +121,13 @@ def test_the_pipeline_is_a_table_of_stages_that_loads_trains_and_samples_nothing
     assert not doing, f"pipeline.py does work of its own: {sorted(doing)}"
     stages = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.endswith("_stage")]
     assert len(stages) >= 7, stages  # sft, reward, judge, samples, method, online, trajectory
+
+
+def test_a_module_edited_after_this_process_imported_it_refuses_to_key_a_stage(monkeypatch):
+    """The key would name the file's new code while the process runs the old: refused, naming the file."""
+    losses = provenance.module_file("core.losses")
+    assert provenance.code_hash(["core.losses"])  # unchanged: fine
+    size, mtime = provenance.LOADED[losses]
+    monkeypatch.setitem(provenance.LOADED, losses, (size, mtime - 1))  # as if the file were written after the import
+    with pytest.raises(provenance.CodeChangedError, match="losses.py changed after this process imported it"):
+        provenance.code_hash(["methods.dpo"])  # dpo imports core.losses

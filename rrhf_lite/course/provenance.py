@@ -10,13 +10,15 @@ no torch. A module is named by its path in the package: ``"core.losses"``, ``"me
 The granularity is the module: an edit to ``core/losses.py`` rebuilds every stage whose code imports it (SFT and the
 reward model use its losses too, and every stage after them depends on those), while an edit to ``methods/ppo.py``
 rebuilds PPO and nothing else. Whitespace and comments count as edits: a hash cannot tell a harmless change from
-another.
+another. A process that imported a module before its file was edited would run the old code under the new key: the
+hash refuses (:func:`check_unchanged`), and the kernel is restarted.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import sys
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +27,33 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PACKAGE = PACKAGE_DIR.name  # "rrhf_lite"
 # Not part of what builds a stage: the profiles are in the key field by field, and these two are the cache itself.
 NOT_HASHED = frozenset({"course.profiles", "course.stages", "course.provenance"})
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+# Every source file of the package as this process found it (size, modification time), taken when the cache's code
+# is first imported: a module this process has imported and whose file has changed since runs other code than the key
+# would name (see check_unchanged)
+LOADED = {p: _stamp(p) for p in PACKAGE_DIR.rglob("*.py")}
+
+
+class CodeChangedError(RuntimeError):
+    """A module of the package changed on disk after this process imported it."""
+
+
+def check_unchanged(modules: Iterable[str], root: Path = PACKAGE_DIR) -> None:
+    """Raise :class:`CodeChangedError` if one of ``modules`` that this process has imported changed on disk since: a
+    stage built now would run the old code under the key of the new one. (Restart the kernel or process.)"""
+    if Path(root) != PACKAGE_DIR:
+        return
+    for name in modules:
+        file = module_file(name, root)
+        if f"{PACKAGE}.{name}" in sys.modules and file in LOADED and file.is_file() and _stamp(file) != LOADED[file]:
+            raise CodeChangedError(f"{file} changed after this process imported it: restart the kernel (or the "
+                                   f"process) so that the code that builds a stage is the code its key names")
 
 
 def module_file(name: str, root: Path = PACKAGE_DIR) -> Path:
@@ -84,12 +113,14 @@ def code_hash(modules: Iterable[str], root: Path = PACKAGE_DIR) -> str:
     # every file's size and modification time, so that the cached hash is recomputed after any edit to the package
     stamps = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                    for p in sorted(root.rglob("*.py")))
-    return _hash(tuple(sorted(set(modules))), str(root), stamps)
+    digest, closure = _hash(tuple(sorted(set(modules))), str(root), stamps)
+    check_unchanged(closure, root)
+    return digest
 
 
 @lru_cache(maxsize=256)
-def _hash(modules: tuple[str, ...], root: str, stamps: tuple) -> str:
-    digest = hashlib.sha256()
-    for name in module_closure(modules, Path(root)):
+def _hash(modules: tuple[str, ...], root: str, stamps: tuple) -> tuple[str, tuple[str, ...]]:
+    digest, closure = hashlib.sha256(), module_closure(modules, Path(root))
+    for name in closure:
         digest.update(name.encode() + b"\0" + module_file(name, Path(root)).read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()[:12], tuple(closure)
