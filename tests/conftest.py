@@ -54,11 +54,12 @@ def pytest_collection_modifyitems(items):
     model -> samples and the stages only it and lesson 09 need, so it goes first, on one worker. The other worker
     meanwhile runs what needs none of those stages: the real track's rehearsal (its lessons, the install and study
     tests), then the unit tests. By then the chain is built, and it trains the four methods (``test_pipeline``) and
-    runs the two tiny lessons that train most of their own (06's DPO data sets and beta sweep, 05's second PRO), so
-    that the suite ends on the other tiny lessons, short, which both workers share. Within each group the order is
-    kept.
+    lesson 08's GRPO, RLOO and GRPO on the gold judge (its lesson), then runs the two tiny lessons that train most of
+    their own (06's DPO data sets and beta sweep, 05's second PRO), so that the suite ends on the other tiny lessons,
+    short, which both workers share. Within each group the order is kept.
     """
     heavy_lessons = ("test_lesson[tiny-06_dpo]", "test_lesson[tiny-05_pro]")
+    early_lessons = ("test_lesson[tiny-08_grpo_rloo]",)  # GRPO, RLOO, GRPO on the gold judge: off the table's worker
     needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-",
                          "test_lesson_09s_overoptimisation_check")
 
@@ -70,7 +71,7 @@ def pytest_collection_modifyitems(items):
             return 1
         if not any(name in item.nodeid for name in needs_tiny_stages):
             return 2
-        if "test_method_raises_mean_gold_reward_over_sft" in item.nodeid:
+        if "test_method_raises_mean_gold_reward_over_sft" in item.nodeid or item.name in early_lessons:
             return 3
         return 4 + heavy_lessons.index(item.name) if item.name in heavy_lessons else 6
 

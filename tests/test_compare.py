@@ -120,7 +120,7 @@ def test_results_table_on_the_tiny_profile(tmp_path):
     # The stages that only this table and lesson 09 need, first, built as make main builds them beside lessons 04-07:
     # meanwhile the other pytest worker builds the methods that tests/test_pipeline.py asks for (RRHF, PRO, DPO, PPO),
     # so the two workers build different stages. Lesson 09 then finds them under the keys it asks for.
-    built = build.main(["rrhf", "online", "ppo-sweep", "ppo-trajectory", "grpo-gold", "--profile", "tiny"])
+    built = build.main(["rrhf", "online", "ppo-sweep", "ppo-trajectory", "--profile", "tiny"])
     assert built["online"] == str(pipeline.online_stage(profile))
     assert built["ppo-sweep"] == str(pipeline.method_stage(compare.weak_kl_profile(profile), "ppo"))
     table = compare.results_table(profile)
