@@ -322,9 +322,7 @@ def main() -> None:
     print()
     common.print_table(HEADERS, summarise(raw, args.warmup))
     print(f"\nsame prompts on every side at every step: yes; total wall time {total.seconds / 60:.1f} min")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"versions": common.versions(), "args": vars(args), "runs": raw},
-                                              indent=1))
+    common.save_runs(args.json, args, raw)
     tmp.cleanup()
 
 

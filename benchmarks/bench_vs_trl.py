@@ -253,9 +253,7 @@ def main() -> None:
     rows = [row for task in tasks for row in summarise(task, raw[task], args.warmup)]
     common.print_table(HEADERS, rows)
     print(f"\ntotal wall time {total.seconds / 60:.1f} min")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"versions": common.versions(), "args": vars(args), "runs": raw},
-                                              indent=1))
+    common.save_runs(args.json, args, raw)
     tmp.cleanup()
 
 

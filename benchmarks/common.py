@@ -285,6 +285,12 @@ class PeakMemory:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def save_runs(path: str | None, args, raw: dict) -> None:
+    """With ``--json PATH``, every raw step time of every run, with the versions and the arguments."""
+    if path:
+        Path(path).write_text(json.dumps({"versions": versions(), "args": vars(args), "runs": raw}, indent=1))
+
+
 def emit_result(result: dict) -> None:
     """What a worker prints last: one line the parent parses."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -411,7 +411,7 @@ FRACTIONS = {"world_harmful_fraction", "world_test_fraction", "sft_expert_fracti
              "sample_top_p", "dpo_label_smoothing", "ppo_gamma", "ppo_lam"}  # in [0, 1]
 POSITIVE_FLOATS = {"world_label_temperature", "max_grad_norm", "dpo_beta", "simpo_beta", "ppo_clip_range",
                    "ppo_value_clip_range", "ppo_kl_target", "grpo_clip_range", "sample_temperature", "sample_top_p",
-                   "ppl_quantile"}  # and every learning rate (*_lr); the other floats are >= 0, but:
+                   "ppl_quantile", "overopt_kl_coefs"}  # and every *_lr; the other floats are >= 0, but:
 ANY_FLOAT = {"ppo_no_eos_penalty"}
 CHOICES = {"compute_dtype": ("float32", "float16", "bfloat16"), "dpo_loss_type": ("sigmoid", "ipo", "simpo"),
            "ppo_kl_estimator": ("k1", "k3"), "ppo_value_init": ("reward", "zero"),
@@ -457,8 +457,8 @@ def check_field(name: str, annotation: str, value):
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             fail("a number")
-        if base in ANY_FLOAT or base.startswith("overopt_kl_coefs"):
-            return value if base in ANY_FLOAT or value > 0 else fail("a number > 0")
+        if base in ANY_FLOAT:
+            return value
         if base in FRACTIONS and not 0 <= value <= 1:
             fail("a number between 0 and 1")
         if (base in POSITIVE_FLOATS or base.endswith("_lr")) and not value > 0:
