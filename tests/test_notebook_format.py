@@ -1,12 +1,19 @@
 """Every lesson opens the same way and is committed without outputs (tests/test_lessons.py runs them)."""
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-BADGE = "https://colab.research.google.com/github/rrhf-lite/rrhf-lite/blob/main/notebooks/{}"
+import rrhf_lite
+
+ROOT = Path(__file__).parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+TAG = f"v{rrhf_lite.__version__}"
+BADGE = f"https://colab.research.google.com/github/rrhf-lite/rrhf-lite/blob/{TAG}/notebooks/{{}}"
+INSTALL = f'%pip install --quiet "rrhf-lite @ git+https://github.com/rrhf-lite/rrhf-lite@{TAG}"'
 
 
 def test_there_are_ten_lessons():
@@ -21,6 +28,37 @@ def test_a_lesson_opens_with_title_badge_what_you_learn_then_the_set_up_cell(pat
     assert BADGE.format(path.name) in title and "Open In Colab" in title
     assert "**You will learn:**" in title and "**Builds on:**" in title
     assert cells[1]["cell_type"] == "code" and setup.startswith("# Set-up:") and "google.colab" in setup
+    assert INSTALL in setup  # the notebook the badge opens and the code the cell installs are one release
+
+
+def _release_tool():
+    spec = importlib.util.spec_from_file_location("release", ROOT / "tools" / "release.py")
+    release = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(release)
+    return release
+
+
+def test_the_release_tool_checks_and_moves_every_lessons_pin(tmp_path, monkeypatch):
+    """tools/release.py --check passes on the checkout; pinning a new version rewrites the version and the two refs of
+    every lesson, and nothing else, after which --check passes for the new version and names each stale lesson for the
+    old one."""
+    release = _release_tool()
+    assert release.problems(TAG) == [] and release.version() == rrhf_lite.__version__
+    (tmp_path / "rrhf_lite").mkdir()
+    shutil.copy(ROOT / "rrhf_lite" / "__init__.py", tmp_path / "rrhf_lite" / "__init__.py")
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    monkeypatch.setattr(release, "ROOT", tmp_path)
+    monkeypatch.setattr(release, "INIT", tmp_path / "rrhf_lite" / "__init__.py")
+    release.pin("12.3.4")
+    assert release.version() == "12.3.4" and release.problems("v12.3.4") == []
+    assert len(release.problems(TAG)) == 2 * len(NOTEBOOKS) + 1
+    for path in NOTEBOOKS:
+        moved = (tmp_path / "notebooks" / path.name).read_text()
+        assert moved.replace("v12.3.4", TAG) == path.read_text()
+    assert (tmp_path / "README.md").read_text().replace("v12.3.4", TAG) == (ROOT / "README.md").read_text()
+    with pytest.raises(SystemExit, match="expected MAJOR.MINOR.PATCH"):
+        release.pin("latest")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
