@@ -37,6 +37,7 @@ def test_readme_commands_are_makefile_targets_and_ci_runs_the_test_command():
     makefile = (ROOT / "Makefile").read_text()
     commands = re.findall(r"^make (\w+)\s*(?:#.*)?$", readme, flags=re.MULTILINE)
     assert {"main", "test"} <= set(commands)
+    commands += re.findall(r"`make ([\w-]+)", readme)  # and those named in the text (`make lab` opens ...)
     for target in commands:
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), f"README runs `make {target}`, not in Makefile"
     assert "make test" in (ROOT / ".ci" / "run").read_text()
