@@ -112,3 +112,20 @@ def test_a_checkout_keeps_its_stages_in_its_own_runs_folder_whatever_the_working
     for folder in (tmp_path, repo / "notebooks", repo):
         monkeypatch.chdir(folder)
         assert default_runs_dir() == repo / "runs"
+
+
+def test_a_path_is_shown_without_the_machines_folders(monkeypatch, tmp_path):
+    """What a lesson prints ends up on a published page: a stage's folder reads runs/<profile>/<stage>/<key> wherever
+    the runs folder is ($RRHF_LITE_RUNS or the checkout's), another path under the working directory relative to it."""
+    from rrhf_lite.course.profiles import RUNS_ENV_VAR, shown
+
+    runs, work = tmp_path / "cache" / "runs", tmp_path / "work"
+    (runs / "tiny" / "sft").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv(RUNS_ENV_VAR, str(runs))
+    assert shown(runs / "tiny" / "sft" / "ab12") == "runs/tiny/sft/ab12"
+    assert shown(get_profile("tiny").runs_path) == "runs/tiny"  # as a lesson prints where it runs
+    assert shown(tmp_path / "elsewhere" / "runs" / "tiny", runs_root=tmp_path / "elsewhere" / "runs") == "runs/tiny"
+    assert shown(work / "figures" / "a.png") == "figures/a.png"
+    assert shown("/opt/data/prefs.jsonl") == "/opt/data/prefs.jsonl"  # outside both: as given

@@ -313,7 +313,7 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
     if state is not None:
         start, history = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
         saved_step = start
-        accelerator.print(f"{desc}: resuming from step {start} ({checkpoint_dir})")
+        accelerator.print(f"{desc}: resuming from step {start} ({checkpoint_dir.name})")
     del state
 
     stream = itertools.chain.from_iterable(itertools.repeat(batches))  # cycle through epochs

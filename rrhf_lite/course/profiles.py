@@ -53,6 +53,22 @@ def default_runs_dir() -> Path:
     return Path.cwd() / "runs"
 
 
+def shown(path: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> str:
+    """``path`` as a lesson prints it, without the folders of the machine it runs on (a published page shows it):
+    relative to the runs root's parent when it is under the runs root (``runs_root``, default
+    :func:`default_runs_dir`), else relative to the current directory when under it, else unchanged.
+
+    >>> shown("/home/me/rrhf-lite/runs/tiny/sft/ab12", runs_root="/home/me/rrhf-lite/runs")
+    'runs/tiny/sft/ab12'
+    """
+    full, root, here = Path(path).resolve(), Path(runs_root or default_runs_dir()).resolve(), Path.cwd().resolve()
+    if full.is_relative_to(root):
+        return str(full.relative_to(root.parent))
+    if full.is_relative_to(here):
+        return str(full.relative_to(here))
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Profile:
     """The ``tiny`` profile: offline, CPU, synthetic world. The other profiles override a few fields."""

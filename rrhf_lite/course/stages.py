@@ -63,7 +63,7 @@ import torch
 from accelerate import PartialState
 from filelock import FileLock, Timeout
 
-from rrhf_lite.course.profiles import Profile
+from rrhf_lite.course.profiles import Profile, shown
 from rrhf_lite.course.provenance import code_hash, module_closure
 
 STAGE_FILE = "stage.json"
@@ -274,6 +274,7 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
     """
     final = stage_path(stage, profile, fields, depends_on, code)
     final.parent.mkdir(parents=True, exist_ok=True)
+    where = shown(final, profile.runs_path.parent)  # runs/<profile>/<stage>/<key>: a page shows no machine's folders
     processes = data_parallel()
     main = processes is None or processes.is_main_process
     with _locked(final, stage, processes):
@@ -282,19 +283,19 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
                 _remove(leftover)  # from a build that crashed: nobody else can be using it while we hold the lock
             reason = incomplete_reason(final) if final.exists() else None
             if reason:
-                print(f"warning: stage '{stage}' at {final} is incomplete ({reason}: half-written, half-copied or "
+                print(f"warning: stage '{stage}' at {where} is incomplete ({reason}: half-written, half-copied or "
                       f"half-deleted?); removing it and building it again")
                 _remove(final)
         if processes is not None:
             processes.wait_for_everyone()  # the others look at the stage once the main process has cleaned up
         if is_complete(final) and not force:
             if main and final not in _ANNOUNCED:  # one line per stage and process, however often a lesson asks
-                print(f"loaded stage '{stage}' from {final}")
+                print(f"loaded stage '{stage}' from {where}")
             _ANNOUNCED.add(final)
             return final
 
         if main:
-            print(f"building stage '{stage}' -> {final} ...", flush=True)
+            print(f"building stage '{stage}' -> {where} ...", flush=True)
         tmp = _scratch(final, "tmp")
         tmp.mkdir()
         start = time.perf_counter()

@@ -188,7 +188,7 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
     state = read_checkpoint(checkpoint_dir, model) if checkpoint_dir else None
     if state is not None:
         start, history = load_checkpoint(checkpoint_dir, model, optimizer, schedule, state)
-        print(f"{config.method.upper()}: resuming after iteration {start} ({checkpoint_dir})")
+        print(f"{config.method.upper()}: resuming after iteration {start} ({checkpoint_dir.name})")
     bar = tqdm(range(start, iterations), desc=config.method.upper(), disable=not progress, initial=start,
                total=iterations)
     for iteration in bar:

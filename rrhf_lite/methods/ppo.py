@@ -484,7 +484,7 @@ def train_ppo(model, tokenizer, reward_fn, prompts: list[str], config: PPOConfig
     state = read_checkpoint(checkpoint_dir, model) if checkpoint_dir else None  # an unreadable file is moved aside
     if state is not None:  # the shared loop's checkpoints: trainable weights, optimiser, beta, every RNG state
         start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller, state)
-        print(f"PPO: resuming after iteration {start} ({checkpoint_dir})")
+        print(f"PPO: resuming after iteration {start} ({checkpoint_dir.name})")
 
     bar = tqdm(range(start, iterations), desc="PPO", disable=not progress, initial=start, total=iterations)
     for iteration in bar:
