@@ -18,6 +18,12 @@ older HTML-CSS output with STIX fonts, which asks Chromium for fonts it does not
 Never stale: ``make main`` records which commit (and which uncommitted changes) it executed the lessons from
 (``website/execution_record.py``), the site shows that commit, the date and the profile on every page, and the build
 refuses notebooks executed from another state of the working tree than the current one.
+
+Made to read: the site's own stylesheet and script (``website/site.css``, ``website/site.js``, served with it) keep
+every table cell on one line with its numbers aligned, let a wide table, a long line of code or of output scroll in
+its own box, and enlarge a figure on a click. A page may show no folder of the machine that built it (lessons print
+paths with :func:`rrhf_lite.course.profiles.shown`, as ``runs/tiny/...``): a site that would show the repository's
+or the runs' absolute folder is refused, naming the page.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import pandas as pd
 import yaml
 from execution_record import StaleNotebooks, check_fresh  # website/execution_record.py, beside this script
 
-from rrhf_lite.course.compare import with_intervals
+from rrhf_lite.course.compare import COLUMNS, with_intervals
 from rrhf_lite.course.profiles import get_profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +65,16 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline
 # cell can display (JavaScript, other HTML, widgets) is kept only as its text version
 KEPT_OUTPUTS = ("text/plain", "image/png", "image/svg+xml", "text/markdown", "text/latex")
 DATAFRAME_HTML = re.compile(r'\A\s*<div>\s*(<style scoped>.*?</style>\s*)?<table border="1" class="dataframe', re.S)
+# The site's own stylesheet and script for tables, code and figures (website/site.css, site.js), on every page
+OWN_ASSETS = ("site.css", "site.js")
+# The results table's plain numbers, to the digits that mean something; any other is shown to 2 (the measured values
+# are text by then: each with its interval)
+DECIMALS = {"train_seconds": 1, "peak_memory_mb": 0, "trainable_parameters": 0, "training_samples": 0,
+            "samples_per_answer": 0, "prompts": 0}
+
+
+class MachinePaths(Exception):
+    """The site would show folders of the machine that built it (a lesson printed where it ran)."""
 
 
 def install_mathjax(cache: Path) -> Path:
@@ -93,10 +109,25 @@ def lesson_map(readme: Path, lessons: list[str]) -> str:
     return re.sub(r"\[([^\]]+)\]\(notebooks/(\d\d_\w+)\.ipynb\)", link, table)
 
 
+def heading(column: str) -> str:
+    """A column of the results table in words: ``gold_reward_vs_sft`` -> ``"gold reward vs SFT"``."""
+    words = {"kl": "KL", "sft": "SFT", "mb": "MB"}
+    return " ".join(words.get(word, word) for word in column.split("_"))
+
+
 def results_table(results_csv: Path) -> str:
-    """Lesson 09's results table as HTML, as the lesson shows it: each measured value with its 95% interval."""
-    table = pd.read_csv(results_csv, index_col="method")
-    return with_intervals(table).round({"train_seconds": 1, "peak_memory_mb": 0}).to_html(classes="results", border=0)
+    """Lesson 09's results table as HTML to read: the method, then each measured value with its 95% interval in one
+    cell (``2.06 [1.95, 2.17]``, as the lesson shows it), counts with thousands separators, the columns named in words
+    and explained below it; in a box of its own that scrolls sideways when wider than the page (website/site.css)."""
+    table = with_intervals(pd.read_csv(results_csv, index_col="method"))
+    for column in table.select_dtypes("number"):
+        digits = DECIMALS.get(column, 2)
+        table[column] = [f"{value:,.{digits}f}" if pd.notna(value) else "n/a" for value in table[column]]
+    notes = "".join(f"<li><b>{heading(column)}</b> (<code>{column}</code>): {html.escape(COLUMNS[column])}</li>"
+                    for column in table.columns if column in COLUMNS)
+    table = table.rename(columns=heading).rename_axis(index=None, columns="method")  # "method" heads the first column
+    return (f'<div class="table-scroll">\n{table.to_html(classes="results", border=0)}\n</div>\n\n'
+            f"<details><summary>What the columns mean</summary><ul>{notes}</ul></details>")
 
 
 def page_notebook(source: Path, target: Path, record: dict) -> str:
@@ -136,7 +167,8 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, 
         raise FileNotFoundError(f"no executed lessons in {runs / profile / 'notebooks'}: run `make main` first")
     shutil.rmtree(docs, ignore_errors=True)
     (docs / "assets").mkdir(parents=True)
-    shutil.copy(Path(__file__).parent / "colab-badge.svg", docs / "assets" / "colab-badge.svg")
+    for name in ("colab-badge.svg", *OWN_ASSETS):
+        shutil.copy(Path(__file__).parent / name, docs / "assets" / name)
     copy_mathjax(cache, docs / "assets" / "mathjax")
     nav = [{"Home": "index.md"}]
     for notebook in notebooks:
@@ -150,8 +182,10 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, 
     frontier = outputs / "figures" / "09_frontier.png"
     if frontier.exists():
         shutil.copy(frontier, docs / "assets" / frontier.name)
-        home += ["## The reward-KL frontier", "",
-                 f"![Gold reward against KL from the SFT model for every method](assets/{frontier.name})", ""]
+        figure = f"assets/{frontier.name}"  # linked to itself: a click shows it at full size (website/site.js)
+        home += ["## The reward-KL frontier", "", "Click the figure to enlarge it.", "",
+                 f"[![Gold reward against KL from the SFT model for every method]({figure}){{ .zoomable }}]({figure})",
+                 ""]
     results = outputs / "results.csv"
     if results.exists():
         home += ["## Every method side by side", "",
@@ -176,10 +210,24 @@ def mkdocs_config(profile: str, docs: Path, site: Path, nav: list[dict], record:
                   "features": ["navigation.footer", "navigation.top"]},
         "markdown_extensions": ["tables", "attr_list"],
         "extra": {"content_security_policy": CONTENT_SECURITY_POLICY},
+        "extra_css": [f"assets/{name}" for name in OWN_ASSETS if name.endswith(".css")],
+        "extra_javascript": [f"assets/{name}" for name in OWN_ASSETS if name.endswith(".js")],
         "plugins": [{"search": {}},
                     {"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": True,
                                         "custom_mathjax_url": MATHJAX_URL}}],
     }
+
+
+def machine_paths(site: Path, folders: list[Path]) -> list[str]:
+    """Every page of ``site`` that shows one of ``folders`` (the absolute folders of the machine building it), as
+    ``"<page>: <folder>, ..."``: what a lesson printing where it ran would put on a published page."""
+    found = []
+    for page in sorted(site.glob("*.html")):
+        text = page.read_text()
+        exposed = [str(folder) for folder in folders if str(folder) in text]
+        if exposed:
+            found.append(f"{page.name}: {', '.join(exposed)}")
+    return found
 
 
 def build_site(profile: str = "tiny", runs: Path = REPO / "runs", cache: Path | None = None,
@@ -187,16 +235,27 @@ def build_site(profile: str = "tiny", runs: Path = REPO / "runs", cache: Path | 
     """Build ``runs/<profile>/site`` from the executed lessons; returns the site's folder. MathJax is installed into
     ``cache`` (default ``runs/.site-cache``) on the first build. The figures and the results table come from
     ``outputs`` (default ``runs/<profile>``; ``make site`` passes the profile's ``runs_path``, which
-    ``$RRHF_LITE_RUNS`` moves)."""
+    ``$RRHF_LITE_RUNS`` moves). A site whose pages would show the repository's or the runs' absolute folder is
+    refused (:class:`MachinePaths`), and the previous one is left as it was."""
     record = check_fresh(runs / profile / "notebooks")
+    outputs = outputs or runs / profile
     out = runs / profile / "site"
     work = out.parent / f".{out.name}-build"
-    nav = write_docs(profile, runs, work / "docs", record, cache or runs / ".site-cache", outputs or runs / profile)
+    nav = write_docs(profile, runs, work / "docs", record, cache or runs / ".site-cache", outputs)
     config = work / "mkdocs.yml"
-    config.write_text(yaml.safe_dump(mkdocs_config(profile, work / "docs", out, nav, record), sort_keys=False))
+    config.write_text(yaml.safe_dump(mkdocs_config(profile, work / "docs", work / "site", nav, record),
+                                     sort_keys=False))
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "--strict", "--clean", "--config-file",
                     str(config)], check=True, env=env, cwd=work)  # mkdocs-jupyter's cache goes to work/.cache
+    folders = list(dict.fromkeys([REPO, runs.resolve(), outputs.resolve()]))
+    exposed = machine_paths(work / "site", folders)
+    if exposed:
+        shutil.rmtree(work)
+        raise MachinePaths("the site would show this machine's folders (print paths with "
+                           "rrhf_lite.course.profiles.shown, then run `make main` again): " + "; ".join(exposed))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(work / "site", out)
     shutil.rmtree(work)
     return out
 
@@ -210,7 +269,7 @@ def main(argv=None) -> None:
     profile = get_profile(args.profile)
     try:  # the figures and results.csv are where the lessons wrote them: the profile's runs_path
         site = build_site(profile.name, args.runs, outputs=profile.runs_path)
-    except StaleNotebooks as e:
+    except (StaleNotebooks, MachinePaths) as e:
         sys.exit(f"make site: {e}")
     print(f"site: {site / 'index.html'}")
 
