@@ -182,6 +182,26 @@ def test_the_results_table_reads_as_lesson_09_in_words():
     assert make_site.heading("peak_memory_mb") == "peak memory MB"
 
 
+def test_the_frontier_to_explore_escapes_names_and_draws_every_point_inside_its_axes():
+    import frontier  # website/frontier.py
+
+    methods = ["SFT", "best-of-4", "PPO <b>x</b>"]
+    table = pd.DataFrame({column: [0.0, 0.2, 1.5] for column in compare.COLUMNS},
+                         index=pd.Index(methods, name="method"))
+    table["gold_reward"], table["gold_reward_lo"], table["gold_reward_hi"] = [1.0, 2.0, -0.5], [0.9, 1.8, -0.9], [
+        1.1, 2.2, -0.1]
+    table.loc["best-of-4", ["kl_lo", "kl_hi"]] = float("nan")  # best-of-n's KL is a bound: no interval
+    drawn = frontier.frontier_svg(table)
+    assert "<b>" not in drawn and "PPO &lt;b&gt;x&lt;/b&gt;" in drawn
+    points = [(float(x), float(y)) for x, y in re.findall(r'<circle cx="([-\d.]+)" cy="([-\d.]+)"', drawn)]
+    assert len(points) == 3
+    assert all(frontier.LEFT <= x <= frontier.WIDTH - frontier.RIGHT and frontier.TOP <= y <= frontier.HEIGHT -
+               frontier.BOTTOM for x, y in points), points
+    assert points[2][1] > points[0][1] > points[1][1]  # a higher reward is drawn higher (SVG's y grows downwards)
+    assert drawn.count('class="interval"') == 5  # best-of-n has its reward's interval only
+    assert frontier.BEST_OF_N in drawn
+
+
 def test_the_site_of_two_lessons_in_chromium(small_site):
     site = small_site
     # the home page: the lesson map linking the pages, the frontier, the results table with intervals
@@ -189,6 +209,7 @@ def test_the_site_of_two_lessons_in_chromium(small_site):
     assert "00_tiny_world.html" in home and "09_side_by_side.html" in home
     assert "assets/09_frontier.png" in home and 'class="dataframe results"' in home
     assert "3.00 [2.80, 3.20]" in home  # DPO's gold reward with its interval, as lesson 09 shows it
+    assert home.count('class="frontier-toggle"') == 2 and "<svg" in home  # the frontier to explore: SFT and DPO
     assert "<th>gold reward vs SFT</th>" in home and "<td>0.5</td>" in home  # names in words; seconds to a tenth
     # a lesson says where it runs and which stage it built, relative to the runs folder's parent
     tiny_world = (site / "00_tiny_world.html").read_text()
@@ -243,6 +264,7 @@ def test_the_site_of_two_lessons_in_chromium(small_site):
         assert page.locator(".jp-OutputArea-output img").count() == 1  # the plot, with its size checked above
         check_layout(page, base)
         check_enlarging(page, base)
+        check_frontier(page, base)
         chromium.close()
     assert not problems, problems
 
@@ -284,3 +306,25 @@ def check_enlarging(page, base: str) -> None:
     page.locator(".jp-RenderedImage img").click()
     page.locator(".lightbox img").click()
     assert page.locator(".lightbox").count() == 0
+
+
+def check_frontier(page, base: str) -> None:
+    """The home page's frontier to explore: pointing at DPO's point reads out its values with their intervals (as
+    the table shows them); DPO's button hides its point and its intervals, a second click shows them again."""
+    page.goto(base + "index.html")
+    readout = page.locator(".frontier-readout")
+    point = page.locator('.frontier g.method[data-method="DPO"]')
+    point.hover()
+    assert readout.text_content() == "DPO: gold reward 3.00 [2.80, 3.20], KL 1.00 [1.00, 1.00], proxy reward 1.00 " \
+                                     "[1.00, 1.00]"
+    page.locator('.frontier g.method[data-method="SFT"]').focus()  # the keyboard's way: Tab to a point
+    assert readout.text_content().startswith("SFT: gold reward 0.50")
+    button = page.locator('.frontier-toggle[data-method="DPO"]')
+    drawn = page.locator('.frontier svg [data-method="DPO"]')  # its point and its intervals
+    displayed = "e => getComputedStyle(e).display != 'none'"
+    assert drawn.count() == 2 and all(element.evaluate(displayed) for element in drawn.all())
+    button.click()
+    assert button.get_attribute("aria-pressed") == "false" and not any(e.evaluate(displayed) for e in drawn.all())
+    assert page.locator('.frontier g.method[data-method="SFT"]').is_visible()  # the other method stays
+    button.click()
+    assert button.get_attribute("aria-pressed") == "true" and point.is_visible()

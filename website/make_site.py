@@ -41,6 +41,7 @@ import nbformat
 import pandas as pd
 import yaml
 from execution_record import StaleNotebooks, check_fresh  # website/execution_record.py, beside this script
+from frontier import frontier_svg  # website/frontier.py, likewise
 
 from rrhf_lite.course.compare import COLUMNS, with_intervals
 from rrhf_lite.course.profiles import get_profile
@@ -179,14 +180,18 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, 
             f"[`{record['commit'][:10]}`]({GITHUB}/tree/{record['commit']}) on {record['date']}. Open a lesson "
             f"to read it; its *Open in Colab* badge runs it. The code: [{GITHUB}]({GITHUB}).", "",
             "## Lessons", "", lesson_map(REPO / "README.md", [n.name for n in notebooks]), ""]
-    frontier = outputs / "figures" / "09_frontier.png"
+    frontier, results = outputs / "figures" / "09_frontier.png", outputs / "results.csv"
+    if frontier.exists() or results.exists():
+        home += ["## The reward-KL frontier", ""]
     if frontier.exists():
         shutil.copy(frontier, docs / "assets" / frontier.name)
         figure = f"assets/{frontier.name}"  # linked to itself: a click shows it at full size (website/site.js)
-        home += ["## The reward-KL frontier", "", "Click the figure to enlarge it.", "",
+        home += ["Lesson 09's figure; click it to enlarge it.", "",
                  f"[![Gold reward against KL from the SFT model for every method]({figure}){{ .zoomable }}]({figure})",
                  ""]
-    results = outputs / "results.csv"
+    if results.exists():
+        home += ["The same methods to explore, from the results table below:", "",
+                 frontier_svg(pd.read_csv(results, index_col="method")), ""]
     if results.exists():
         home += ["## Every method side by side", "",
                  "Lesson 09's results table: each measured value with its 95% bootstrap interval over held-out "
