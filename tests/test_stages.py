@@ -58,6 +58,14 @@ def test_builds_once_then_loads(tmp_path, capsys):
     assert info["build_seconds"] >= 0 and info["created"][:2] == "20" and "python" in info["versions"]
 
 
+
+def test_stage_json_records_a_config_field_as_its_values(tmp_path):
+    """A stage that depends on a whole config (``"dpo_config"``) records it as the dict it trains with, as its key
+    hashes it, not as the repr of a bound method."""
+    folder = build_or_load("dpo", tiny(tmp_path), ["dpo_config", "seed"], write_weights)
+    fields = stage_info(folder)["fields"]
+    assert fields["seed"] == 0 and fields["dpo_config"]["beta"] == tiny(tmp_path).dpo_beta
+
 def test_keys_follow_fields_and_upstream(tmp_path):
     p = tiny(tmp_path)
     assert stage_path("sft", p, FIELDS) == stage_path("sft", tiny(tmp_path), list(FIELDS))

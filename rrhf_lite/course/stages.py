@@ -308,7 +308,7 @@ def build_or_load(stage: str, profile: Profile, fields: Sequence[str], build: Ca
                 shutil.rmtree(tmp)
                 _ANNOUNCED.add(final)
                 return final
-            info = {"stage": stage, "profile": profile.name, "fields": {f: getattr(profile, f) for f in fields},
+            info = {"stage": stage, "profile": profile.name, "fields": profile.values(fields),
                     "depends_on": [_upstream_id(p) for p in depends_on],  # <stage>/<key>: no machine's path
                     "code": {"modules": module_closure(code), "hash": code_hash(code)} if code else None,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
