@@ -120,7 +120,7 @@ study: install
 	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m rrhf_lite.course.study --seeds $(SEEDS)
 
 lint: install
-	$(PY) -m ruff check rrhf_lite tests tools website benchmarks
+	$(PY) -m ruff check rrhf_lite tests tools website benchmarks notebooks solutions
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

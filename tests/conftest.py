@@ -61,7 +61,7 @@ def pytest_collection_modifyitems(items):
     heavy_lessons = ("test_lesson[tiny-06_dpo]", "test_lesson[tiny-05_pro]")
     early_lessons = ("test_lesson[tiny-08_grpo_rloo]",)  # GRPO, RLOO, GRPO on the gold judge: off the table's worker
     needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-",
-                         "test_lesson_09s_overoptimisation_check")
+                         "test_lesson_09s_overoptimisation_check", "test_solution[")
 
     def rank(item) -> int:
         if item.nodeid.endswith("test_results_table_on_the_tiny_profile"):

@@ -1,8 +1,11 @@
-"""Every lesson opens the same way and is committed without outputs (tests/test_lessons.py runs them)."""
+"""Every lesson opens the same way; lessons and their worked solutions are committed without outputs, and their code
+passes the project's linter (tests/test_lessons.py runs them)."""
 
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import rrhf_lite
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 TAG = f"v{rrhf_lite.__version__}"
 BADGE = f"https://colab.research.google.com/github/rrhf-lite/rrhf-lite/blob/{TAG}/notebooks/{{}}"
 INSTALL = f'%pip install --quiet "rrhf-lite @ git+https://github.com/rrhf-lite/rrhf-lite@{TAG}"'
@@ -61,7 +65,15 @@ def test_the_release_tool_checks_and_moves_every_lessons_pin(tmp_path, monkeypat
         release.pin("latest")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_a_lesson_is_committed_without_outputs(path):
     cells = json.loads(path.read_text())["cells"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c["cell_type"] == "code")
+
+
+def test_the_code_of_lessons_and_solutions_passes_the_linter():
+    """The code a learner copies from a lesson is held to the library's rules (pyproject.toml's ruff settings):
+    no unused import or name, imports sorted, lines of at most 120 characters."""
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "notebooks",
+                           "solutions"], cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
