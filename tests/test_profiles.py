@@ -42,6 +42,20 @@ def test_overrides_and_errors():
     ({"load_in_4bit": "yes"}, "load_in_4bit: expected true or false"),
     ({"base_model": 3}, "base_model: expected a string"),
     ({"name": "mine"}, "name: it is the profile's name"),
+    # probes of issue 35: what would train to NaN, read the wrong thing, or fail only hours later
+    ({"sft_lr": float("inf")}, "sft_lr: expected a finite number, got inf"),
+    ({"weight_decay": 1e309}, "weight_decay: expected a finite number, got inf"),
+    ({"ppo_no_eos_penalty": float("-inf")}, "ppo_no_eos_penalty: expected a finite number, got -inf"),
+    ({"dataset": ""}, "dataset: expected a non-empty string, got ''"),
+    ({"base_model": " "}, "base_model: expected a non-empty string, or None, got ' '"),
+    ({"dataset_revision": ""}, "dataset_revision: expected a non-empty string, or None"),
+    ({"judge_model": "None"}, r"judge_model: expected None \(null on the command line\), not a string, got 'None'"),
+    ({"runs_dir": "  "}, "runs_dir: expected a non-empty string"),
+    ({"lora_target_modules": ()}, "lora_target_modules: expected a non-empty list of str values"),
+    ({"lora_target_modules": ("q_proj", "")}, r"lora_target_modules\[1\]: expected a non-empty string"),
+    ({"overopt_kl_coefs": []}, "overopt_kl_coefs: expected a non-empty list of float values"),
+    ({"seed": 2**32}, "seed: expected an integer between 0 and 4294967295, got 4294967296"),
+    ({"bon_table_n": (4, 32)}, r"bon_table_n: expected values <= bon_n \(16\).*got \[4, 32\]"),
 ])
 def test_a_bad_override_is_refused_when_the_profile_is_made_naming_field_value_and_expectation(overrides, message):
     with pytest.raises(profiles.ProfileError, match=message):
@@ -61,6 +75,10 @@ def test_command_line_overrides_are_parsed_then_checked():
     assert get_profile("tiny", bon_table_n=[2, 4]).bon_table_n == (2, 4)  # a list from a notebook: kept as a tuple
     for name in PROFILES:  # every profile's own values pass
         get_profile(name)
+    for item in ["sft_lr=Infinity", "sft_lr=1e309", "base_model=none", "base_model="]:  # --set: refused the same
+        with pytest.raises(profiles.ProfileError, match="sft_lr: expected a finite|base_model: expected"):
+            get_profile("tiny", **build.parse_overrides([item], "tiny"))
+    assert get_profile("tiny", **build.parse_overrides(["judge_model=null", "runs_dir="], "tiny")).judge_model is None
 
 
 def test_widths_are_multiples_of_64():

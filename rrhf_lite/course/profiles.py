@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,10 @@ class Profile:
         for field in dataclasses.fields(self):
             value = check_field(field.name, field.type, getattr(self, field.name))
             object.__setattr__(self, field.name, value)  # a list given for a tuple field, as a tuple
+        beyond = [n for n in self.bon_table_n if n > self.bon_n]  # found late otherwise: in lesson 09's table
+        if beyond:
+            raise ProfileError(f"profile field bon_table_n: expected values <= bon_n ({self.bon_n}), the samples "
+                               f"per prompt that best-of-n selects from; got {list(self.bon_table_n)}")
 
     @property
     def runs_path(self) -> Path:
@@ -423,6 +428,8 @@ NON_NEGATIVE_INTS = {"seed", "method_seed", "pretrain_warmup_steps", "sft_warmup
                      "ranking_warmup_steps", "dpo_warmup_steps", "pro_ranking_length", "ppo_snapshot_every",
                      "ppo_checkpoint_every", "rm_eval_every", "base_samples_per_prompt", "overopt_snapshot_every"}
 AT_LEAST = {"grpo_group_size": 2, "bon_n": 1}  # a group needs two replies to have a baseline
+AT_MOST = {"seed": 2**32 - 1, "method_seed": 2**32 - 1}  # numpy's generators take seeds below 2**32
+EMPTY_MEANS_DEFAULT = {"runs_dir"}  # str fields where "" has a meaning of its own; no other str field may be blank
 FRACTIONS = {"world_harmful_fraction", "world_test_fraction", "sft_expert_fraction", "lora_dropout", "ppl_quantile",
              "sample_top_p", "dpo_label_smoothing", "ppo_gamma", "ppo_lam"}  # in [0, 1]
 POSITIVE_FLOATS = {"world_label_temperature", "max_grad_norm", "dpo_beta", "simpo_beta", "ppo_clip_range",
@@ -442,6 +449,8 @@ class ProfileError(ValueError):
 def check_field(name: str, annotation: str, value):
     """``value`` for the profile field ``name`` (annotated ``annotation``, e.g. ``"int | None"``,
     ``"tuple[str, ...]"``), checked: its type, then its range (:data:`NON_NEGATIVE_INTS`, :data:`FRACTIONS`, ...).
+    Numbers must be finite; strings non-blank (but see :data:`EMPTY_MEANS_DEFAULT`), and not ``"none"`` where None
+    is allowed; lists non-empty.
     Returns it (a list given for a tuple, as a tuple); raises :class:`ProfileError` naming what is wrong."""
     def fail(expected: str):
         raise ProfileError(f"profile field {name}: expected {expected}, got {value!r}")
@@ -455,6 +464,8 @@ def check_field(name: str, annotation: str, value):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             example = '["q_proj", "v_proj"]' if item == "str" else "[1, 2]"
             fail(f"a list of {item} values, e.g. {example}")
+        if not value:
+            fail(f"a non-empty list of {item} values")
         return tuple(check_field(f"{name}[{i}]", item, v) for i, v in enumerate(value))
     if kind == "bool":
         return value if isinstance(value, bool) else fail("true or false")
@@ -463,16 +474,25 @@ def check_field(name: str, annotation: str, value):
             fail("a string")
         if name in CHOICES and value not in CHOICES[name]:
             fail(f"one of {list(CHOICES[name])}")
+        if "None" in kinds and value.strip().lower() in ("none", "null"):
+            fail("None (null on the command line), not a string")
+        if not value.strip() and not (value == "" and name in EMPTY_MEANS_DEFAULT):
+            # "" as a dataset is the current folder, as a revision "the hub's latest": never what was meant
+            fail("a non-empty string" + (", or None" if "None" in kinds else ""))
         return value
     base = name.split("[")[0]
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             fail("an integer")
         least = AT_LEAST.get(base, 0 if base in NON_NEGATIVE_INTS else 1)
+        if base in AT_MOST and value > AT_MOST[base]:
+            fail(f"an integer between {least} and {AT_MOST[base]}")
         return value if value >= least else fail(f"an integer >= {least}")
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
+        if not math.isfinite(value):  # nan, inf (1e309 is read as inf): training would go to NaN
+            fail("a finite number")
         if base in ANY_FLOAT:
             return value
         if base in FRACTIONS and not 0 <= value <= 1:
