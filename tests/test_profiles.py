@@ -28,6 +28,22 @@ def test_overrides_and_errors():
         get_profile("a100-cluster")
 
 
+def test_a_mistyped_field_or_profile_name_is_answered_with_the_nearest_one(monkeypatch):
+    with pytest.raises(TypeError, match=r"no field\(s\) \['sft_stps'\]; did you mean 'sft_stps' -> 'sft_steps'\?"):
+        get_profile("tiny", sft_stps=3)
+    with pytest.raises(TypeError, match=r"'SFT_STEPS' -> 'sft_steps', 'dpo_betta' -> 'dpo_beta'\?"):
+        get_profile("tiny", dpo_betta=0.2, SFT_STEPS=3, zzz=1)
+    with pytest.raises(TypeError, match=r"\['not_a_field'\]$"):  # nothing close: no guess
+        get_profile("tiny", not_a_field=1)
+    from rrhf_lite.course import build
+
+    with pytest.raises(TypeError, match="'pretrain_step' -> 'pretrain_steps'"):
+        build.main(["base", "--set", "pretrain_step=3"])
+    monkeypatch.setenv("RRHF_LITE_PROFILE", "colab_t4")
+    with pytest.raises(ValueError, match=r"unknown profile 'colab_t4' \(did you mean 'colab-t4'\?\)"):
+        get_profile()
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"sft_lr": "abc"}, "sft_lr: expected a number, got 'abc'"),
     ({"sft_steps": 2.5}, "sft_steps: expected an integer, got 2.5"),

@@ -25,6 +25,7 @@ Every field has a one-line comment; a test checks that none is missing.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -517,6 +518,16 @@ def weak_kl_profile(profile: Profile, kl_coef: float | None = None) -> Profile:
                                ppo_snapshot_every=profile.overopt_snapshot_every if kl_coef == weakest else 0)
 
 
+def closest(name: str, names) -> str | None:
+    """The one of ``names`` closest to a mistyped ``name`` (case, spaces and ``-``/``_`` aside), or None."""
+    def plain(text):
+        return text.lower().replace("-", "_").strip()
+
+    by_plain = {plain(n): n for n in names}
+    close = difflib.get_close_matches(plain(name), list(by_plain), n=1, cutoff=0.75)
+    return by_plain[close[0]] if close else None
+
+
 def get_profile(name: str | None = None, /, **overrides) -> Profile:
     """The profile called ``name`` (default: ``$RRHF_LITE_PROFILE`` or ``tiny``), with fields overridden.
 
@@ -525,7 +536,9 @@ def get_profile(name: str | None = None, /, **overrides) -> Profile:
     """
     name = name or os.environ.get(PROFILE_ENV_VAR) or "tiny"
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} (env var {PROFILE_ENV_VAR})")
+        hint = f" (did you mean {closest(name, PROFILES)!r}?)" if closest(name, PROFILES) else ""
+        raise ValueError(f"unknown profile {name!r}{hint}; choose one of {sorted(PROFILES)} "
+                         f"(env var {PROFILE_ENV_VAR})")
     cls = PROFILES[name]
     if "name" in overrides:
         raise ProfileError(f"profile field name: it is the profile's name ({name!r}), chosen by get_profile's first "
@@ -533,5 +546,7 @@ def get_profile(name: str | None = None, /, **overrides) -> Profile:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"profile {name!r} has no field(s) {unknown}")
+        hints = [f"{field!r} -> {closest(field, known)!r}" for field in unknown if closest(field, known)]
+        raise TypeError(f"profile {name!r} has no field(s) {unknown}" + (f"; did you mean {', '.join(hints)}?"
+                                                                          if hints else ""))
     return cls(**overrides)
