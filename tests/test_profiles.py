@@ -163,3 +163,15 @@ def test_a_path_is_shown_without_the_machines_folders(monkeypatch, tmp_path):
     assert shown(tmp_path / "elsewhere" / "runs" / "tiny", runs_root=tmp_path / "elsewhere" / "runs") == "runs/tiny"
     assert shown(work / "figures" / "a.png") == "figures/a.png"
     assert shown("/opt/data/prefs.jsonl") == "/opt/data/prefs.jsonl"  # outside both: as given
+
+
+def test_a_runs_folder_under_home_written_with_a_tilde_is_the_home_folder(monkeypatch, tmp_path):
+    """%env RRHF_LITE_RUNS=~/runs (a notebook) or a quoted value does not expand the ~: a folder named '~' in the
+    working directory would take the stages, and the next session, elsewhere, would not find them."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RRHF_LITE_RUNS", "~/course-runs")
+    assert get_profile("tiny").runs_path == tmp_path / "course-runs" / "tiny"
+    assert get_profile("tiny", runs_dir="~/mine").runs_path == tmp_path / "mine" / "tiny"
+    monkeypatch.setenv("RRHF_LITE_RUNS", "  ")  # blank: as if unset, not a folder named '  '
+    assert get_profile("tiny").runs_path.parent.name == "runs"

@@ -46,9 +46,12 @@ RUNS_ENV_VAR = "RRHF_LITE_RUNS"
 
 
 def default_runs_dir() -> Path:
-    """``$RRHF_LITE_RUNS`` if set; else ``runs/`` in the repository when installed from a checkout; else ``./runs``."""
-    if os.environ.get(RUNS_ENV_VAR):
-        return Path(os.environ[RUNS_ENV_VAR])
+    """``$RRHF_LITE_RUNS`` if set; else ``runs/`` in the repository when installed from a checkout; else ``./runs``.
+
+    A leading ``~`` is the home folder (``%env`` in a notebook and a quoted shell value leave it to us), never a
+    folder named ``~`` in the working directory."""
+    if os.environ.get(RUNS_ENV_VAR, "").strip():
+        return Path(os.environ[RUNS_ENV_VAR]).expanduser()
     repo = Path(__file__).resolve().parents[2]  # <repo>/rrhf_lite/course/profiles.py
     if (repo / "pyproject.toml").exists() and (repo / "notebooks").is_dir():
         return repo / "runs"
@@ -232,8 +235,8 @@ class Profile:
 
     @property
     def runs_path(self) -> Path:
-        """Folder that holds this profile's stages: ``<runs_dir>/<name>/``."""
-        return Path(self.runs_dir or default_runs_dir()) / self.name
+        """Folder that holds this profile's stages: ``<runs_dir>/<name>/`` (``~`` is the home folder)."""
+        return (Path(self.runs_dir).expanduser() if self.runs_dir else default_runs_dir()) / self.name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
