@@ -180,6 +180,43 @@ def test_a_stage_recorded_in_an_older_format_is_rebuilt(tmp_path, capsys, files)
     assert "older format" in capsys.readouterr().out and (path / "weights.txt").read_text() == "rebuilt"
 
 
+def list_outside_file(path: Path, name_of) -> None:
+    """Add to the stage's record a file outside the stage, with its true size and hash: what a planted record does."""
+    outside = path.parents[3] / "outside.txt"
+    outside.write_text("not the stage's")
+    info = stage_info(path)
+    info["files"][name_of(path, outside)] = {"bytes": 15, "sha256": hashlib.sha256(b"not the stage's").hexdigest()}
+    (path / STAGE_FILE).write_text(json.dumps(info))
+
+
+def link_outside(path: Path) -> None:
+    """Replace a stage file by a symbolic link to a file outside, with the same bytes."""
+    outside = path.parents[3] / "outside.txt"
+    outside.write_text("trained")
+    (path / "weights.txt").unlink()
+    (path / "weights.txt").symlink_to(outside)
+
+
+@pytest.mark.parametrize("plant, reason", [
+    (lambda path: list_outside_file(path, lambda p, o: os.path.relpath(o, p)), "lists '../../../../outside.txt'"),
+    (lambda path: list_outside_file(path, lambda p, o: str(o)), "lists '/"),
+    (link_outside, "lists 'weights.txt', which is not a file inside"),
+    (lambda path: (path / STAGE_FILE).write_text(json.dumps(
+        {**stage_info(path), "files": {"weights.txt": {"bytes": "7", "sha256": None}}})), "lists 'weights.txt' with"),
+], ids=["../", "absolute", "symlink out", "wrong types"])
+def test_a_record_that_points_outside_the_stage_is_not_followed(tmp_path, capsys, plant, reason):
+    """A hand-edited or planted stage.json cannot make the cache read (or vouch for) a file outside the stage folder;
+    the stage is rebuilt, and the outside file is left as it was."""
+    path = build_or_load("base", tiny(tmp_path / "runs"), FIELDS, write_weights)
+    plant(path)
+    assert reason in incomplete_reason(path)
+    assert build_or_load("base", tiny(tmp_path / "runs"), FIELDS, write_weights) == path
+    assert "is incomplete" in capsys.readouterr().out
+    assert is_complete(path) and not (path / "weights.txt").is_symlink()
+    outside = tmp_path / "outside.txt"
+    assert not outside.exists() or outside.read_text() in ("not the stage's", "trained")  # no deletion followed it
+
+
 # --- real processes: the functions they run must be importable, so they live at module level -----------------
 def slow_build_worker(runs_dir: str, counter: str, results: str, barrier) -> None:
     def build(out):

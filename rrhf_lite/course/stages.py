@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import torch
@@ -113,10 +113,22 @@ def _manifest(folder: Path) -> dict[str, dict]:
 _VERIFIED: set[tuple] = set()
 
 
+def _inside(folder: Path, name: str) -> bool:
+    """Whether ``name``, as :func:`_manifest` writes it, is a relative path that stays in ``folder``: not absolute, no
+    ``..``, and not through a symbolic link to elsewhere (a build writes none). A hand-edited or planted ``stage.json``
+    must not make the cache read, or vouch for, a file outside the stage."""
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or "\\" in name or ".." in parts:
+        return False
+    return (folder / name).resolve().is_relative_to(folder.resolve())
+
+
 def incomplete_reason(path: Path) -> str | None:
     """None if the stage folder is complete, else why not: no ``stage.json``, an unreadable one or one of an older
     format (without content hashes), a listed file missing, of another size or with other content (its SHA-256).
-    (Files that are not listed are left alone: ``datasets`` writes its cache files beside a saved dataset.)"""
+    (Files that are not listed are left alone: ``datasets`` writes its cache files beside a saved dataset.) A listed
+    name that leads outside the folder (``../x``, an absolute path, a symbolic link to elsewhere) is never read: the
+    stage is incomplete."""
     path = Path(path)
     record = path / STAGE_FILE
     if not record.is_file():
@@ -129,6 +141,12 @@ def incomplete_reason(path: Path) -> str | None:
     if not isinstance(files, dict) or not all(isinstance(v, dict) and {"bytes", "sha256"} <= set(v)
                                               for v in files.values()):
         return f"its {STAGE_FILE} is of an older format, without the content hash of every file"
+    for name, written in files.items():
+        if not _inside(path, name):
+            return f"its {STAGE_FILE} lists {name!r}, which is not a file inside the stage's folder"
+        if isinstance(written["bytes"], bool) or not isinstance(written["bytes"], int) or not (
+                isinstance(written["sha256"], str) and len(written["sha256"]) == 64):
+            return f"its {STAGE_FILE} lists {name!r} with {written}, not a size in bytes and a SHA-256"
     stats = {}
     for name, written in files.items():
         file = path / name
