@@ -128,3 +128,34 @@ def test_a_checkpoint_of_another_model_is_moved_aside_instead_of_failing_every_r
         history = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False,
                         checkpoint_dir=tmp_path, checkpoint_every=10)
     assert history == reference
+
+
+def _set(key, value):
+    return lambda state: state.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda state: state["trainable"].__setitem__("weight", torch.zeros(2, 5)), r"its weight is \(2, 5\), the model's"),
+    (lambda state: state["trainable"]["weight"].__setitem__((0, 0), float("nan")), "its weight holds NaN"),
+    (_set("step", 10**6), "its step is 1000000, not one of this run's"),
+    (_set("step", -5), "its step is -5"),
+    (_set("step", 10.5), "its step is 10.5"),
+    (_set("history", '{"a": 1}'), "its history is not a list of rows"),
+    (_set("optimizer", {}), "its optimizer or scheduler state"),
+    (_set("torch_rng", torch.zeros(3)), "its torch_rng is not a generator state"),
+], ids=["shape", "nan weight", "step beyond the run", "negative step", "float step", "history", "optimizer", "rng"])
+def test_a_checkpoint_that_cannot_be_restored_is_moved_aside_before_anything_is_restored(tmp_path, damage, reason):
+    """A valid torch file with the wrong contents: before, wrong shapes, the optimizer or the generator state failed
+    on every retry, a NaN weight stopped at the next step with 'lower the learning rate' (keeping the checkpoint), a
+    step beyond the run returned its old weights untrained, a negative one trained longer. Now each is moved aside,
+    named, and the run starts over to the numbers of an uninterrupted one."""
+    reference = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False)
+    train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False,
+          checkpoint_dir=tmp_path, checkpoint_every=10)  # leaves its checkpoint of step 10
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    damage(state)
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    with pytest.warns(UserWarning, match=rf"cannot be read \(\w+: {reason}.*moved to"):
+        history = train(make_model(), make_batches(), mse_step, steps=20, lr=0.1, log_every=5, progress=False,
+                        checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert history == reference

@@ -172,7 +172,43 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history:
     os.replace(tmp, path / CHECKPOINT_FILE)
 
 
-def read_checkpoint(path: Path, model=None) -> dict | None:
+def _check_state(state, model=None, steps: int | None = None) -> None:
+    """Raise (``TypeError``, ``KeyError`` or ``ValueError``, naming what is wrong) unless ``state`` is what
+    :func:`save_checkpoint` writes for ``model`` in a run of ``steps`` steps: checked before anything is restored, so
+    that a checkpoint which cannot be restored is moved aside instead of failing the same way on every retry."""
+    if not isinstance(state, dict):
+        raise TypeError(f"a {type(state).__name__}, not a dict")
+    missing = {"step", "history", "trainable", "optimizer", "scheduler", "torch_rng"} - set(state)
+    if missing:
+        raise KeyError(f"no {sorted(missing)}")
+    step, limit = state["step"], steps if steps is not None else float("inf")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= limit:
+        raise ValueError(f"its step is {step!r}, not one of this run's (0 to {limit})")
+    if not isinstance(state["history"], list) or not all(isinstance(row, dict) for row in state["history"]):
+        raise TypeError("its history is not a list of rows")
+    optimizer = state["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list) and isinstance(state["scheduler"], dict)):
+        raise TypeError("its optimizer or scheduler state is not what torch writes")
+    if not (torch.is_tensor(state["torch_rng"]) and state["torch_rng"].dtype == torch.uint8):
+        raise TypeError("its torch_rng is not a generator state (a uint8 tensor)")
+    if model is None:
+        return
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(state["trainable"]) != set(params):
+        raise ValueError(f"its trainable parameters are not the model's "
+                         f"({sorted(set(state['trainable']) ^ set(params))[:3]} differ)")
+    for name, saved in state["trainable"].items():
+        if not torch.is_tensor(saved) or saved.shape != params[name].shape:
+            found = tuple(saved.shape) if torch.is_tensor(saved) else type(saved).__name__
+            raise ValueError(f"its {name} is {found}, the model's is {tuple(params[name].shape)}")
+        if saved.is_floating_point() and not torch.isfinite(saved).all():
+            raise ValueError(f"its {name} holds NaN or infinite values")  # save_checkpoint never writes one
+    if sum(len(group.get("params", ())) for group in optimizer["param_groups"]) != len(params):
+        raise ValueError(f"its optimizer state is for another number of parameters than the model's {len(params)}")
+
+
+def read_checkpoint(path: Path, model=None, steps: int | None = None) -> dict | None:
     """The state in ``path/checkpoint.pt``, or None if there is none.
 
     The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers of them, and
@@ -180,24 +216,18 @@ def read_checkpoint(path: Path, model=None) -> dict | None:
     refused). A file that cannot be read (truncated by a copy or a sync: :func:`save_checkpoint` itself is atomic; or
     written by other code, or holding other objects), or whose trainable parameters are not ``model``'s (when given),
     is renamed to ``checkpoint.pt.unreadable-<time>`` with a warning that names it, and None is returned: the run
-    starts over instead of failing on every retry.
+    starts over instead of failing on every retry. So is one that could not be restored (:func:`_check_state`): a
+    step that is not an integer from 0 to ``steps`` (when given), weights of other shapes or with NaN or infinite
+    values, an optimizer, scheduler or generator state of another kind.
     """
     file = Path(path) / CHECKPOINT_FILE
     if not file.exists():
         return None
     try:
         state = torch.load(file, weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"a {type(state).__name__}, not a dict")
-        missing = {"step", "history", "trainable", "optimizer", "scheduler", "torch_rng"} - set(state)
-        if missing:
-            raise KeyError(f"no {sorted(missing)}")
-        state["history"] = json.loads(state["history"])
-        if model is not None:
-            names = {n for n, p in model.named_parameters() if p.requires_grad}
-            if set(state["trainable"]) != names:
-                raise ValueError(f"its trainable parameters are not the model's "
-                                 f"({sorted(set(state['trainable']) ^ names)[:3]} differ)")
+        if isinstance(state, dict) and isinstance(state.get("history"), str):
+            state["history"] = json.loads(state["history"])
+        _check_state(state, model, steps)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, TypeError, ValueError,
             AttributeError) as e:  # what torch.load raises on a truncated, foreign or unsafe file
         aside = file.with_name(f"{CHECKPOINT_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -309,7 +339,7 @@ def train(model: torch.nn.Module, batches: Iterable[dict], step_fn: StepFn, *, s
 
     start, history, saved_step = 0, [], None
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    state = read_checkpoint(checkpoint_dir, accelerator.unwrap_model(model)) if checkpoint_dir else None
+    state = read_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), steps) if checkpoint_dir else None
     if state is not None:
         start, history = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
         saved_step = start

@@ -185,7 +185,7 @@ def train_grpo(model, tokenizer, reward_fn, prompts: list[str], config: GRPOConf
 
     start, history = 0, []
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    state = read_checkpoint(checkpoint_dir, model) if checkpoint_dir else None
+    state = read_checkpoint(checkpoint_dir, model, iterations) if checkpoint_dir else None
     if state is not None:
         start, history = load_checkpoint(checkpoint_dir, model, optimizer, schedule, state)
         print(f"{config.method.upper()}: resuming after iteration {start} ({checkpoint_dir.name})")

@@ -481,7 +481,8 @@ def train_ppo(model, tokenizer, reward_fn, prompts: list[str], config: PPOConfig
 
     start, history = 0, []
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    state = read_checkpoint(checkpoint_dir, model) if checkpoint_dir else None  # an unreadable file is moved aside
+    # an unreadable file, or one that cannot be restored, is moved aside
+    state = read_checkpoint(checkpoint_dir, model, iterations) if checkpoint_dir else None
     if state is not None:  # the shared loop's checkpoints: trainable weights, optimiser, beta, every RNG state
         start, history = load_checkpoint(checkpoint_dir, model, optimizer, controller, state)
         print(f"PPO: resuming after iteration {start} ({checkpoint_dir.name})")
