@@ -11,10 +11,11 @@ from conftest import SMALL  # tests/conftest.py; the `saved_model` fixture lives
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rrhf_lite.core.models import build_tokenizer, load_model, load_pretrained
+from rrhf_lite.core.models import build_tokenizer, load_for_training, load_model, load_pretrained
 from rrhf_lite.course.pretrain import build_tiny_model
 from rrhf_lite.course.profiles import get_profile
 from rrhf_lite.course.world import TinyWorld, format_prompt
+from rrhf_lite.methods.judge import load_judge
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,29 @@ def test_a_fresh_reward_head_loads_quietly_and_other_missing_weights_are_refused
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="weights missing from the checkpoint"):
         load_model(broken, profile)
+
+
+def test_a_model_or_adapter_with_nan_weights_is_refused_when_loaded_naming_file_and_weight(saved_model, tmp_path):
+    """A damaged or diverged model loaded silently: its logits and scores were NaN, seen at best as a NaN reward in
+    a table or a training stop at step 1 that blamed the learning rate."""
+    profile = get_profile("tiny", **SMALL)
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_model, broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if "mlp" in k)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    for load in (lambda: load_model(broken, profile), lambda: load_pretrained(broken), lambda: load_judge(broken)):
+        with pytest.raises(ValueError, match=rf"{broken}: weight .*{name} holds NaN"):
+            load()
+    model, _ = load_for_training(saved_model, profile)
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    weights[next(iter(weights))].fill_(float("inf"))
+    save_file(weights, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{adapter}: weight .*lora.* holds NaN or infinite values"):
+        load_for_training(saved_model, profile, adapter=adapter)
 
 
 def test_pretraining_loss_in_length_groups_is_transformers_causal_lm_loss():

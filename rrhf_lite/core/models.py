@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import warnings
@@ -145,6 +146,16 @@ def default_device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def check_finite_weights(model: torch.nn.Module, source: str | Path) -> None:
+    """Raise ``ValueError`` naming ``source`` and the first weight that holds NaN or infinite values: such a model
+    computes NaN logits and scores, which would otherwise show up as a NaN reward in a table or a stop at a training
+    step, far from the file at fault. (4-bit weights are stored as integers and are not checked.)"""
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{source}: weight {name} holds NaN or infinite values; the file is damaged or was "
+                             f"saved from a run that diverged")
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32, add_pad: bool = False):
     """Load a saved (or hub) causal LM and its tokenizer with the Auto classes. Returns ``(model, tokenizer)``.
 
@@ -154,6 +165,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32, 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with quiet_loading():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(default_device())
+    check_finite_weights(model, path)
     _fit_embeddings(model, tokenizer)
     return model, tokenizer
 
@@ -257,6 +269,7 @@ def load_model(path: str | Path, config=ModelConfig(), *, head: str = "lm"):
     missing = [k for k in info["missing_keys"] if not (head == "reward" and k.startswith("score."))]
     if missing:  # only a reward model's fresh head may be missing from a checkpoint
         raise ValueError(f"{path}: weights missing from the checkpoint: {missing[:5]}")
+    check_finite_weights(model, path)
     if not quantization:
         model.to(default_device())
     _fit_embeddings(model, tokenizer)
@@ -291,6 +304,7 @@ def load_for_training(path: str | Path, config=ModelConfig(), *, head: str = "lm
     with quiet_loading():
         if adapter is not None:
             model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+            check_finite_weights(model, adapter)
         else:
             model = get_peft_model(model, lora_config(config, "CAUSAL_LM" if head == "lm" else "SEQ_CLS"))
     return model, tokenizer

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rrhf_lite.core.logprobs import in_given_order, length_batches
-from rrhf_lite.core.models import default_device, hub_revision, quiet_loading
+from rrhf_lite.core.models import check_finite_weights, default_device, hub_revision, quiet_loading
 from rrhf_lite.core.preferences import parse_turns
 
 
@@ -31,6 +31,7 @@ def load_judge(path, dtype: str = "float32", revision: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(path, **pinned)
     with quiet_loading():
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype), **pinned)
+    check_finite_weights(model, path)
     if getattr(model.config, "num_labels", 1) != 1:
         raise ValueError(f"the judge at {path} has {model.config.num_labels} labels; a reward model has one")
     return model.to(default_device()).eval(), tokenizer
