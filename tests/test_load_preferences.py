@@ -374,6 +374,19 @@ def test_text_that_is_not_utf8_is_named_with_its_line(tmp_path):
         load_preferences(array)
 
 
+@pytest.mark.parametrize("name", ["prefs.jsonl", "prefs.json", "prefs.jsonl.gz"])
+def test_a_file_saved_by_a_windows_editor_is_read_byte_order_mark_and_crlf_aside(tmp_path, name):
+    """Notepad and Excel's "CSV UTF-8" start a file with a byte order mark; it was refused as 'not valid JSON' on
+    line 1 (a CSV with one was read)."""
+    rows = [dict(row) for row in EXPECTED]
+    text = json.dumps(rows, indent=1) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in rows)
+    data = b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    for max_rows in (None, 1):
+        assert [dict(r) for r in load_preferences(path, max_rows=max_rows)] == rows[:max_rows]
+
+
 def test_an_empty_file_and_a_fake_gzip_are_named(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     for max_rows in (None, 3):

@@ -300,6 +300,10 @@ def _reading(path: Path, action):
                          f"gzip-compressed file") from None
 
 
+# What Windows editors (Notepad, Excel's "CSV UTF-8") put before a file's first line: not part of the first row
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _decoded(path: Path, number: int, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -314,7 +318,7 @@ def _is_json_array(path: Path) -> bool:
         with _open_bytes(path) as f:
             for line in f:
                 if line.strip():
-                    return line.lstrip()[:1]
+                    return line.removeprefix(UTF8_BOM).lstrip()[:1]
         return b""
 
     return _reading(path, first_character) == b"["
@@ -338,7 +342,7 @@ def _json_rows(files: list[Path], max_rows: int | None) -> tuple[list[dict], lis
         if _is_json_array(path):
             data = _reading(path, functools.partial(_all_bytes, path))
             try:
-                text = data.decode("utf-8")
+                text = data.decode("utf-8").removeprefix("\ufeff")
             except UnicodeDecodeError as e:
                 line_start, line = data.rfind(b"\n", 0, e.start) + 1, data.count(b"\n", 0, e.start) + 1
                 raise ValueError(f"{str(path)!r}, line {line}: not UTF-8 text (byte "
@@ -355,7 +359,7 @@ def _json_rows(files: list[Path], max_rows: int | None) -> tuple[list[dict], lis
                     return rows, where
             continue
         for number, raw in _reading(path, functools.partial(_file_lines, path, max_rows, len(rows))):
-            line = _decoded(path, number, raw)
+            line = _decoded(path, number, raw.removeprefix(UTF8_BOM) if number == 1 else raw)
             if not line.strip():
                 continue
             try:
