@@ -359,6 +359,9 @@ def test_sources_that_are_not_there_or_not_data(tmp_path, monkeypatch):
         load_preferences(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="max_rows must be a positive number"):
         load_preferences(FIXTURE, max_rows=0)
+    for wrong in (True, 2.5, "3"):  # read as 1 row, 2 rows (JSON Lines) and an error deep in datasets before
+        with pytest.raises(ValueError, match=rf"max_rows must be a positive number of rows .*got {wrong!r}"):
+            load_preferences(FIXTURE, max_rows=wrong)
 
 
 # --- bad files: each named with its file and, where there is one, its line or row ---------------------------------

@@ -173,8 +173,8 @@ def load_preferences(source, split: str = "train", max_rows: int | None = None, 
     raises :class:`DataValidationError` naming its column and row (rows counted in the result); an empty reply is
     kept, with a :class:`DataWarning` (a reply may legitimately be empty; HH-RLHF has a few).
     """
-    if max_rows is not None and max_rows < 1:
-        raise ValueError(f"max_rows must be a positive number of rows or None (all rows), got {max_rows}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be a positive number of rows or None (all rows), got {max_rows!r}")
     ds = _read_rows(source, split, max_rows, revision)
     pairs = _to_preferences(ds, tokenizer)
     validate_preference_dataset(pairs, allow_empty_responses=True)
