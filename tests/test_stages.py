@@ -180,6 +180,14 @@ def test_a_stage_recorded_in_an_older_format_is_rebuilt(tmp_path, capsys, files)
     assert "older format" in capsys.readouterr().out and (path / "weights.txt").read_text() == "rebuilt"
 
 
+def test_a_record_that_lists_no_file_is_rebuilt(tmp_path, capsys):
+    path = build_or_load("base", tiny(tmp_path), FIELDS, write_weights)
+    (path / STAGE_FILE).write_text(json.dumps({**stage_info(path), "files": {}}))
+    assert incomplete_reason(path) == f"its {STAGE_FILE} lists no file"
+    assert build_or_load("base", tiny(tmp_path), FIELDS, lambda out: write_weights(out, "rebuilt")) == path
+    assert (path / "weights.txt").read_text() == "rebuilt"
+
+
 def list_outside_file(path: Path, name_of) -> None:
     """Add to the stage's record a file outside the stage, with its true size and hash: what a planted record does."""
     outside = path.parents[3] / "outside.txt"

@@ -141,6 +141,8 @@ def incomplete_reason(path: Path) -> str | None:
     if not isinstance(files, dict) or not all(isinstance(v, dict) and {"bytes", "sha256"} <= set(v)
                                               for v in files.values()):
         return f"its {STAGE_FILE} is of an older format, without the content hash of every file"
+    if not files:  # every build writes something: a record that lists nothing vouches for nothing
+        return f"its {STAGE_FILE} lists no file"
     for name, written in files.items():
         if not _inside(path, name):
             return f"its {STAGE_FILE} lists {name!r}, which is not a file inside the stage's folder"
