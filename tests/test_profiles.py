@@ -72,6 +72,8 @@ def test_a_mistyped_field_or_profile_name_is_answered_with_the_nearest_one(monke
     ({"overopt_kl_coefs": []}, "overopt_kl_coefs: expected a non-empty list of float values"),
     ({"seed": 2**32}, "seed: expected an integer between 0 and 4294967295, got 4294967296"),
     ({"bon_table_n": (4, 32)}, r"bon_table_n: expected values <= bon_n \(16\).*got \[4, 32\]"),
+    ({"n_head": 3}, r"n_head: expected a divisor of hidden_size \(128\): the attention heads .*; got 3"),
+    ({"grpo_prompts_per_step": 3}, r"grpo_prompts_per_step: expected a divisor of grpo_prompts_per_iteration \(16\)"),
 ])
 def test_a_bad_override_is_refused_when_the_profile_is_made_naming_field_value_and_expectation(overrides, message):
     with pytest.raises(profiles.ProfileError, match=message):

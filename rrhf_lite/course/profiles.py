@@ -232,6 +232,13 @@ class Profile:
         if beyond:
             raise ProfileError(f"profile field bon_table_n: expected values <= bon_n ({self.bon_n}), the samples "
                                f"per prompt that best-of-n selects from; got {list(self.bon_table_n)}")
+        # fields that must divide another, found late otherwise: when the model is built, or GRPO's trainer starts
+        for part, whole, why in (("n_head", "hidden_size", "the attention heads split the width evenly"),
+                                 ("grpo_prompts_per_step", "grpo_prompts_per_iteration", "every step takes whole "
+                                                                                        "groups of a rollout")):
+            if getattr(self, whole) % getattr(self, part):
+                raise ProfileError(f"profile field {part}: expected a divisor of {whole} ({getattr(self, whole)}): "
+                                   f"{why}; got {getattr(self, part)!r}")
 
     @property
     def runs_path(self) -> Path:
