@@ -130,6 +130,15 @@ def test_empty_response_is_named():
         "column 'rejected', row 0: expected a string, got None")
 
 
+def test_a_pair_that_compares_a_reply_with_itself_is_kept_with_a_warning_naming_its_row():
+    with pytest.warns(DataWarning, match=r"1 of 3 rows compare a reply with itself \(rows 1, columns 'chosen', "
+                                         r"'rejected'\): kept, but such a pair teaches nothing"):
+        validate_preference_dataset(pairs(rejected=(1, " Kettle.")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # distinct replies: nothing to say
+        validate_preference_dataset(pairs())
+
+
 def test_empty_replies_from_samples_are_kept_with_a_count():
     # A model's own sample can be empty (it ended at once): RRHF, PRO, DPO and the reward model keep it, and say so.
     with pytest.warns(DataWarning, match=r"empty replies \(1 in 'rejected', of 3 rows\)"):

@@ -168,6 +168,12 @@ def validate_preference_dataset(ds, columns: tuple[str, ...] = ("prompt", "chose
         empty[column] = sum(_check_text(column, i, value, allow_empty=allow_empty_responses)
                             for i, value in enumerate(values[column]))
     _warn_empty(empty, len(values[prompt]), "comparisons")
+    same = [i for i, pair in enumerate(zip(*(values[column] for column in replies))) if len(set(pair)) == 1]
+    if len(replies) > 1 and same:
+        shown = ", ".join(map(str, same[:5])) + (", ..." if len(same) > 5 else "")
+        warnings.warn(f"comparisons: {len(same)} of {len(values[prompt])} rows compare a reply with itself (rows "
+                      f"{shown}, columns {', '.join(map(repr, replies))}): kept, but such a pair teaches nothing (its "
+                      f"loss has no gradient)", DataWarning, stacklevel=2)
 
 
 def _is_sequence(value) -> bool:
