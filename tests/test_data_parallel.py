@@ -76,6 +76,11 @@ def test_stages_on_two_processes_match_one_process(tmp_path):
         for r1, r2 in zip(h1, h2):
             assert r1.keys() == r2.keys(), name
             for key in r1:
+                if name == "dpo" and key == "reward_accuracy" and r1["step"] == 1:
+                    # at step 1 the policy is the reference: every margin is 0 but for rounding (the reference's
+                    # log-probs come from other batches), and the share of positive ones is rounding's, not DPO's
+                    assert abs(r1["reward_margin"]) < 1e-5 and abs(r2["reward_margin"]) < 1e-5
+                    continue
                 assert abs(r1[key] - r2[key]) <= 1e-4 * (1 + abs(r1[key])), (name, key, r1[key], r2[key])
         w2, w1 = adapter_weights(two), adapter_weights(one)
         assert w1 and w1.keys() == w2.keys(), name
