@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 TAG = f"v{rrhf_lite.__version__}"
-BADGE = f"https://colab.research.google.com/github/rrhf-lite/rrhf-lite/blob/{TAG}/notebooks/{{}}"
+BADGE = f"https://colab.research.google.com/github/rrhf-lite/rrhf-lite/blob/{TAG}/{{}}"
 INSTALL = f'%pip install --quiet "rrhf-lite @ git+https://github.com/rrhf-lite/rrhf-lite@{TAG}"'
 
 
@@ -29,10 +29,19 @@ def test_a_lesson_opens_with_title_badge_what_you_learn_then_the_set_up_cell(pat
     cells = json.loads(path.read_text())["cells"]
     title, setup = ("".join(c["source"]) for c in cells[:2])
     assert cells[0]["cell_type"] == "markdown" and title.startswith(f"# {path.name[:2]} · ")
-    assert BADGE.format(path.name) in title and "Open In Colab" in title
+    assert BADGE.format(f"notebooks/{path.name}") in title and "Open In Colab" in title
     assert "**You will learn:**" in title and "**Builds on:**" in title
     assert cells[1]["cell_type"] == "code" and setup.startswith("# Set-up:") and "google.colab" in setup
     assert INSTALL in setup  # the notebook the badge opens and the code the cell installs are one release
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_a_solutions_notebook_opens_with_title_badge_and_the_set_up_cell(path):
+    cells = json.loads(path.read_text())["cells"]
+    title, setup = ("".join(c["source"]) for c in cells[:2])
+    assert title.startswith(f"# Solutions · {path.name[:2]} ") and f"(../notebooks/{path.name})" in title
+    assert BADGE.format(f"solutions/{path.name}") in title and "Open In Colab" in title
+    assert cells[1]["cell_type"] == "code" and setup.startswith("# Set-up:") and INSTALL in setup
 
 
 def _release_tool():
@@ -51,14 +60,15 @@ def test_the_release_tool_checks_and_moves_every_lessons_pin(tmp_path, monkeypat
     (tmp_path / "rrhf_lite").mkdir()
     shutil.copy(ROOT / "rrhf_lite" / "__init__.py", tmp_path / "rrhf_lite" / "__init__.py")
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "solutions", tmp_path / "solutions")
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     monkeypatch.setattr(release, "ROOT", tmp_path)
     monkeypatch.setattr(release, "INIT", tmp_path / "rrhf_lite" / "__init__.py")
     release.pin("12.3.4")
     assert release.version() == "12.3.4" and release.problems("v12.3.4") == []
-    assert len(release.problems(TAG)) == 2 * len(NOTEBOOKS) + 1
-    for path in NOTEBOOKS:
-        moved = (tmp_path / "notebooks" / path.name).read_text()
+    assert len(release.problems(TAG)) == 2 * len(NOTEBOOKS + SOLUTIONS) + 1
+    for path in NOTEBOOKS + SOLUTIONS:
+        moved = (tmp_path / path.parent.name / path.name).read_text()
         assert moved.replace("v12.3.4", TAG) == path.read_text()
     assert (tmp_path / "README.md").read_text().replace("v12.3.4", TAG) == (ROOT / "README.md").read_text()
     with pytest.raises(SystemExit, match="expected MAJOR.MINOR.PATCH"):

@@ -1,11 +1,13 @@
 """Pin the lessons to a release, so that a lesson opened on Colab runs the code it was written for.
 
 A lesson's Colab badge opens the notebook as it is at the tag ``v<version>``, and its set-up cell installs the package
-at the same tag: notebook and code come from one commit, whatever ``main`` holds by then. ``__version__`` in
+at the same tag: notebook and code come from one commit, whatever ``main`` holds by then. The lessons' worked
+solutions (``solutions/``) are pinned the same way. ``__version__`` in
 ``rrhf_lite/__init__.py`` is the one place the version is written (pyproject.toml reads it from there).
 
     python tools/release.py --check        # every lesson pins v<__version__> (tests/test_notebook_format.py runs it)
-    python tools/release.py 0.2.0          # 0.2.0 into __init__.py, every lesson's badge and set-up cell, README
+    python tools/release.py 0.2.0          # 0.2.0 into __init__.py, every lesson's and solution's badge and set-up
+                                           # cell, README
 
 Then run ``make test``, commit, ``git tag -a v0.2.0 -m "rrhf-lite 0.2.0"`` on that commit and push the tag with the
 branch (``git push origin main v0.2.0``). To run another version on Colab, open its notebook and put its tag, a branch
@@ -23,7 +25,8 @@ INIT = ROOT / "rrhf_lite" / "__init__.py"
 REPOSITORY = "github.com/rrhf-lite/rrhf-lite"
 VERSION_LINE = re.compile(r'^__version__ = "([^"]+)"$', flags=re.MULTILINE)
 # what a lesson's first two cells pin: the badge's notebook and the set-up cell's install (the ref after blob/ or @)
-BADGE = re.compile(r"(colab\.research\.google\.com/github/rrhf-lite/rrhf-lite/blob/)([^/\s)]+)(/notebooks/)")
+BADGE = re.compile(r"(colab\.research\.google\.com/github/rrhf-lite/rrhf-lite/blob/)([^/\s)]+)"
+                   r"(/(?:notebooks|solutions)/)")
 INSTALL = re.compile(r"(rrhf-lite @ git\+https://github\.com/rrhf-lite/rrhf-lite)(@[^\s\"']+)?(\")")
 README_RELEASE = re.compile(r"(in the release `)(v[^`]+)(`)")  # the README's Colab paragraph names the release
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:(?:a|b|rc)\d+)?$")
@@ -34,7 +37,8 @@ def version() -> str:
 
 
 def lessons() -> list[Path]:
-    return sorted((ROOT / "notebooks").glob("*.ipynb"))
+    """The lessons, then their worked solutions: every notebook a badge opens."""
+    return sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
 
 
 def pins(path: Path) -> tuple[list[str], list[str]]:
@@ -48,11 +52,11 @@ def problems(tag: str) -> list[str]:
     """What keeps the lessons from pinning ``tag``: one line per lesson and pin."""
     found = []
     for path in lessons():
-        badges, installs = pins(path)
+        badges, installs, name = *pins(path), f"{path.parent.name}/{path.name}"
         if badges != [tag]:
-            found.append(f"{path.name}: its Colab badge opens {badges or 'no notebook'}, not the notebook at {tag}")
+            found.append(f"{name}: its Colab badge opens {badges or 'no notebook'}, not the notebook at {tag}")
         if installs != [tag]:
-            found.append(f"{path.name}: its set-up cell installs {installs or 'nothing'}, not {REPOSITORY}@{tag}")
+            found.append(f"{name}: its set-up cell installs {installs or 'nothing'}, not {REPOSITORY}@{tag}")
     readme = README_RELEASE.findall((ROOT / "README.md").read_text())
     if [ref for _, ref, _ in readme] != [tag]:
         found.append(f"README.md: its Colab paragraph names {[ref for _, ref, _ in readme]}, not {tag}")
@@ -74,8 +78,8 @@ def pin(new_version: str) -> None:
         path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
     readme = ROOT / "README.md"
     readme.write_text(README_RELEASE.sub(lambda m: m.group(1) + tag + m.group(3), readme.read_text()))
-    print(f"pinned {len(lessons())} lessons to {tag}; now make test, commit, then: git tag -a {tag} -m 'rrhf-lite "
-          f"{new_version}' && git push origin main {tag}")
+    print(f"pinned {len(lessons())} lessons and solutions to {tag}; now make test, commit, then: "
+          f"git tag -a {tag} -m 'rrhf-lite {new_version}' && git push origin main {tag}")
 
 
 def main() -> None:
@@ -91,7 +95,7 @@ def main() -> None:
         found = problems(f"v{version()}")
         if found:
             sys.exit("\n".join(found) + "\n(python tools/release.py <version> pins them all)")
-        print(f"every lesson pins v{version()}")
+        print(f"every lesson and solutions notebook pins v{version()}")
 
 
 if __name__ == "__main__":
