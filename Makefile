@@ -4,7 +4,7 @@
 #               results table of lesson 09 in runs/tiny/results.csv and results.json)
 #   make test   installs into .venv if needed, then runs the unit tests and executes every notebook
 #   make site   (optional, after make main) the executed lessons as a static website: runs/tiny/site/index.html
-#   make lab    work through the lessons yourself: JupyterLab on notebooks/, with the project's kernel
+#   make lab    work through the lessons yourself: JupyterLab on notebooks/ (and solutions/), the project's kernel
 #
 # torch is installed first, pinned (TORCH=...), so that pip never swaps it for another build.
 # torch==2.13.0 is a CPU build on the project's CI machines; on your own machine pass the build you want,
@@ -92,14 +92,16 @@ endif
 site: install
 	$(PY) website/make_site.py build --profile $(PROFILE)
 
-# The lessons in JupyterLab, to work through on your own machine: notebooks/ as Lab's root, on the profile PROFILE
+# The lessons in JupyterLab, to work through on your own machine: the repository as Lab's root (a lesson's link to its
+# solutions, in solutions/, opens), showing notebooks/ first; on the profile PROFILE
 # (RRHF_LITE_PROFILE, else tiny). JupyterLab is installed in .venv beside the package, so its default kernel ("Python 3")
 # runs .venv's python; a lesson loads the stages make main built (runs/, or $RRHF_LITE_RUNS) and builds any missing.
 # LAB_ARGS goes to jupyter lab, e.g. `make lab LAB_ARGS="--no-browser --port 8890"` on a remote machine (add
 # --allow-root as root, in a container: Jupyter refuses root otherwise).
 LAB_ARGS ?=
 lab: install
-	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter lab --notebook-dir notebooks $(LAB_ARGS)
+	RRHF_LITE_PROFILE=$(PROFILE) $(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+	  $(LAB_ARGS)
 
 # Two pytest workers with one torch thread each: on a 2-core machine that is faster than two workers fighting
 # over two threads each (OpenMP oversubscription slows tiny models down several-fold). Each worker takes one test at

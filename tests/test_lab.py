@@ -2,9 +2,9 @@
 
 The test runs the Makefile's target itself (``make -o .venv/.installed lab LAB_ARGS=...``: ``-o`` keeps make from
 rebuilding .venv even if pyproject.toml or the lock is newer than it) with the interpreter running the tests, on a free
-port with a random token, then checks that the server lists the ten lessons, starts a kernel that runs that
-interpreter in notebooks/ with RRHF_LITE_PROFILE set to make's PROFILE, and stops it: server and kernel are killed
-whatever happens.
+port with a random token, then checks that the server opens on notebooks/ and lists the ten lessons and their
+solutions, starts a kernel that runs that interpreter in notebooks/ with RRHF_LITE_PROFILE set to make's PROFILE, and
+stops it: server and kernel are killed whatever happens.
 """
 
 import json
@@ -108,10 +108,14 @@ def lab(tmp_path):
 def test_make_lab_serves_the_lessons_with_the_projects_kernel(lab):
     lab.wait_until_ready()
 
-    # notebooks/ is Lab's root: the ten lessons, 00_ to 09_
-    listed = sorted(item["name"] for item in lab.api("contents")["content"] if item["type"] == "notebook")
-    for prefix in LESSONS:
-        assert [name for name in listed if name.startswith(prefix)], f"no lesson {prefix}* in {listed}"
+    # the repository is Lab's root, so that a lesson's link to its solutions opens; Lab opens on notebooks/: the ten
+    # lessons, 00_ to 09_, and solutions/ beside it with one notebook per lesson
+    with urllib.request.urlopen(f"http://127.0.0.1:{lab.port}/?token={lab.token}", timeout=10) as response:
+        assert response.url.split("?")[0].endswith("/lab/tree/notebooks"), response.url
+    for folder in ("notebooks", "solutions"):
+        listed = sorted(item["name"] for item in lab.api(f"contents/{folder}")["content"] if item["type"] == "notebook")
+        for prefix in LESSONS:
+            assert [name for name in listed if name.startswith(prefix)], f"no {folder}/{prefix}* in {listed}"
 
     # the default kernel is this interpreter: its spec names it, or names `python`, which jupyter_client runs as the
     # server's own interpreter (make lab runs jupyter with $(PY))
@@ -122,7 +126,7 @@ def test_make_lab_serves_the_lessons_with_the_projects_kernel(lab):
         or Path(argv0).parent == executable.parent, f"default kernel {specs['default']} runs {argv0}"
 
     # ... and a kernel started on a lesson runs in notebooks/, on that interpreter, with the profile make lab was given
-    session = lab.api("sessions", "POST", {"path": "00_tiny_world.ipynb", "type": "notebook",
+    session = lab.api("sessions", "POST", {"path": "notebooks/00_tiny_world.ipynb", "type": "notebook",
                                             "name": "00_tiny_world.ipynb", "kernel": {"name": specs["default"]}},
                       timeout=STARTUP_S)
     kernel_id = session["kernel"]["id"]
