@@ -55,11 +55,17 @@ def pytest_collection_modifyitems(items):
     meanwhile runs what needs none of those stages: the real track's rehearsal (its lessons, the install and study
     tests), then the unit tests. By then the chain is built, and it trains the four methods (``test_pipeline``) and
     lesson 08's GRPO, RLOO and GRPO on the gold judge (its lesson), then runs the two tiny lessons that train most of
-    their own (06's DPO data sets and beta sweep, 05's second PRO), so that the suite ends on the other tiny lessons,
-    short, which both workers share. Within each group the order is kept.
+    their own (06's DPO data sets and beta sweep, 05's second PRO), then lesson 09's firm-sweep check and the worked
+    solutions that train most, longest first, so that the suite ends on the other tiny lessons and solutions, short,
+    which both workers share. Within each group the order is kept.
     """
     heavy_lessons = ("test_lesson[tiny-06_dpo]", "test_lesson[tiny-05_pro]")
     early_lessons = ("test_lesson[tiny-08_grpo_rloo]",)  # GRPO, RLOO, GRPO on the gold judge: off the table's worker
+    # what trains or samples most among the rest, longest first: lesson 09's check on a firm sweep (two PPO runs), the
+    # worked solutions of lessons 06 (IPO, two long DPO runs), 08 (GRPO), 02 (a reward model), 03 (1,600 samples), 04
+    heavy_tail = ("test_lesson_09s_overoptimisation_check_fails_when_the_sweep_stays_firm",
+                       "test_solution[06_dpo]", "test_solution[08_grpo_rloo]", "test_solution[02_reward_model]",
+                       "test_solution[03_sampling_best_of_n]", "test_solution[04_rrhf]")
     needs_tiny_stages = ("test_pipeline.py", "test_results_table_on_the_tiny_profile", "test_lesson[tiny-",
                          "test_lesson_09s_overoptimisation_check", "test_solution[")
 
@@ -73,7 +79,11 @@ def pytest_collection_modifyitems(items):
             return 2
         if "test_method_raises_mean_gold_reward_over_sft" in item.nodeid or item.name in early_lessons:
             return 3
-        return 4 + heavy_lessons.index(item.name) if item.name in heavy_lessons else 6
+        if item.name in heavy_lessons:
+            return 4 + heavy_lessons.index(item.name)
+        if item.name in heavy_tail:  # longest first, so that the suite ends on short tests on both workers
+            return 6 + heavy_tail.index(item.name)
+        return 6 + len(heavy_tail)
 
     items.sort(key=rank)  # a stable sort keeps the order within each rank
     # `make test-unit` leaves out what trains the course: the lessons, the tiny stages' chain, the rehearsal, the
