@@ -15,7 +15,7 @@ from matplotlib.colors import to_hex
 from matplotlib.ticker import MaxNLocator
 
 from rrhf_lite.course.compare import with_intervals
-from rrhf_lite.course.plots import method_colour
+from rrhf_lite.course.plots import method_colours
 
 WIDTH, HEIGHT = 720, 400  # the drawing's units: it is scaled to the column's width
 LEFT, RIGHT, TOP, BOTTOM = 60, 16, 16, 48  # margins for the ticks and the axes' names
@@ -48,7 +48,7 @@ def frontier_svg(table: pd.DataFrame) -> str:
     lines += [f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">KL from SFT (nats)</text>',
               f'<text transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" text-anchor="middle">'
               f'{reward.replace("_", " ")}</text>']
-    colours, shown = method_colours(table.index), with_intervals(table)
+    colours, shown = hex_colours(table.index), with_intervals(table)
     intervals, points, buttons = [], [], []  # the intervals under every point: a point is never hidden by a bar
     for name, row in table.iterrows():
         method, values = html.escape(name), shown.loc[name]  # each value with its interval, as the table shows it
@@ -77,7 +77,7 @@ def bars(row: pd.Series, reward: str, x: Callable, y: Callable) -> str:
     return "".join(f'<line class="interval" x1="{a}" y1="{b}" x2="{c}" y2="{d}"/>' for a, b, c, d in lines)
 
 
-def method_colours(methods: pd.Index) -> dict[str, str]:
+def hex_colours(methods: pd.Index) -> dict[str, str]:
     """Each method's colour, as in lesson 09's figure (best-of-n in grey: the figure draws it as a curve)."""
-    trained = [name for name in methods if not name.startswith("best-of-")]
-    return {name: BEST_OF_N if name not in trained else to_hex(method_colour(trained.index(name))) for name in methods}
+    trained = method_colours(methods)
+    return {name: to_hex(trained[name]) if name in trained else BEST_OF_N for name in methods}

@@ -116,11 +116,12 @@ def heading(column: str) -> str:
     return " ".join(words.get(word, word) for word in column.split("_"))
 
 
-def results_table(results_csv: Path) -> str:
-    """Lesson 09's results table as HTML to read: the method, then each measured value with its 95% interval in one
-    cell (``2.06 [1.95, 2.17]``, as the lesson shows it), counts with thousands separators, the columns named in words
-    and explained below it; in a box of its own that scrolls sideways when wider than the page (website/site.css)."""
-    table = with_intervals(pd.read_csv(results_csv, index_col="method"))
+def results_table(results: pd.DataFrame) -> str:
+    """Lesson 09's results table (results.csv, indexed by method) as HTML to read: the method, then each measured
+    value with its 95% interval in one cell (``2.06 [1.95, 2.17]``, as the lesson shows it), counts with thousands
+    separators, the columns named in words and explained below it; in a box of its own that scrolls sideways when
+    wider than the page (website/site.css)."""
+    table = with_intervals(results)
     for column in table.select_dtypes("number"):
         digits = DECIMALS.get(column, 2)
         table[column] = [f"{value:,.{digits}f}" if pd.notna(value) else "n/a" for value in table[column]]
@@ -190,12 +191,11 @@ def write_docs(profile: str, runs: Path, docs: Path, record: dict, cache: Path, 
                  f"[![Gold reward against KL from the SFT model for every method]({figure}){{ .zoomable }}]({figure})",
                  ""]
     if results.exists():
-        home += ["The same methods to explore, from the results table below:", "",
-                 frontier_svg(pd.read_csv(results, index_col="method")), ""]
-    if results.exists():
-        home += ["## Every method side by side", "",
+        table = pd.read_csv(results, index_col="method")
+        home += ["The same methods to explore, from the results table below:", "", frontier_svg(table), "",
+                 "## Every method side by side", "",
                  "Lesson 09's results table: each measured value with its 95% bootstrap interval over held-out "
-                 "prompts.", "", results_table(results), ""]
+                 "prompts.", "", results_table(table), ""]
     (docs / "index.md").write_text("\n".join(home))
     return nav
 

@@ -102,10 +102,12 @@ def plot_calibration(cal, ax=None, title: str = "Reward-model calibration"):
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")  # one per method, with its colour
 
 
-def method_colour(i: int) -> tuple[float, float, float]:
-    """The colour of the frontier's ``i``-th method (best-of-n aside), one of tab20's: more methods than the default
-    cycle's 10 colours. The site's interactive frontier (website/frontier.py) draws each method in the same one."""
-    return plt.get_cmap("tab20").colors[2 * i % 20 + i // 10]
+def method_colours(methods) -> dict[str, tuple[float, float, float]]:
+    """Each method's colour on the frontier, in order, best-of-n aside (drawn as a curve): one of tab20's, for more
+    methods than the default cycle's 10 colours. The site's interactive frontier (website/frontier.py) draws each
+    method in the same one."""
+    trained = [name for name in methods if not name.startswith("best-of-")]
+    return {name: plt.get_cmap("tab20").colors[2 * i % 20 + i // 10] for i, name in enumerate(trained)}
 
 
 def plot_frontier(table, bon_curve, bon_draws=None, *, sqrt_kl: bool = False, reward: str = "gold", ax=None,
@@ -125,10 +127,9 @@ def plot_frontier(table, bon_curve, bon_draws=None, *, sqrt_kl: bool = False, re
         ax.scatter(x(bon_draws["kl_bound"]), bon_draws[reward], facecolors="none", edgecolors="0.4",
                    label="best-of-n (drawn)")
     column = f"{reward}_reward"
-    methods = [name for name in table.index if not name.startswith("best-of-")]
-    for i, name in enumerate(methods):
+    for i, (name, colour) in enumerate(method_colours(table.index).items()):
         row = table.loc[name]
-        marker = ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name, color=method_colour(i),
+        marker = ax.scatter(x(row["kl"]), row[column], s=60, zorder=3, label=name, color=colour,
                             marker=MARKERS[i % len(MARKERS)])
         if f"{column}_lo" in row and not np.isnan(row[f"{column}_lo"]):  # 95% intervals over held-out prompts
             kl_lo, kl_hi = x(max(row["kl_lo"], 0.0)), x(row["kl_hi"])
