@@ -546,7 +546,8 @@ def get_profile(name: str | None = None, /, **overrides) -> Profile:
     """
     name = name or os.environ.get(PROFILE_ENV_VAR) or "tiny"
     if name not in PROFILES:
-        hint = f" (did you mean {closest(name, PROFILES)!r}?)" if closest(name, PROFILES) else ""
+        guess = closest(name, PROFILES)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
         raise ValueError(f"unknown profile {name!r}{hint}; choose one of {sorted(PROFILES)} "
                          f"(env var {PROFILE_ENV_VAR})")
     cls = PROFILES[name]
@@ -556,7 +557,8 @@ def get_profile(name: str | None = None, /, **overrides) -> Profile:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        hints = [f"{field!r} -> {closest(field, known)!r}" for field in unknown if closest(field, known)]
+        guesses = {field: closest(field, known) for field in unknown}
+        hints = [f"{field!r} -> {guess!r}" for field, guess in guesses.items() if guess]
         raise TypeError(f"profile {name!r} has no field(s) {unknown}" + (f"; did you mean {', '.join(hints)}?"
                                                                           if hints else ""))
     return cls(**overrides)
